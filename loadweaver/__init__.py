@@ -1,0 +1,3 @@
+"""loadweaver: a clustered Layer 7 (HTTP) load balancer."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from loadweaver.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The admin listener (aiohttp): liveness, readiness and metrics now; the REST API later."""

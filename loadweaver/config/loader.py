@@ -1,0 +1,156 @@
+"""Loads a Config from YAML, overlays `LOADWEAVER_*` environment variables, and explains failures.
+
+Precedence, lowest first: built-in defaults, the YAML file, `config.<LOADWEAVER_ENV>.yaml` beside it,
+a `.env` file in the working directory, then the process environment.
+"""
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from loadweaver.config.models import Config
+
+ENV_PREFIX = "LOADWEAVER_"
+
+
+class ConfigError(Exception):
+    """An invalid configuration: the source it came from and one sentence per problem."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        super().__init__(source, problems)
+        self.source = source
+        self.problems = problems
+
+    def __str__(self) -> str:
+        lines = [f"{self.source}: invalid configuration ({len(self.problems)} problem(s))"]
+        lines += [f"  {self.source}: {problem}" for problem in self.problems]
+        return "\n".join(lines)
+
+
+class _EnvironmentOverlay(Config, BaseSettings):
+    """Config with the environment layered over the values it is given."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="forbid",
+        frozen=True,
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return env_settings, dotenv_settings, init_settings
+
+
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
+    """The validated config in `path` with overlays applied; raises ConfigError on any problem."""
+    environ = os.environ if environ is None else environ
+    source = Path(path)
+    data = _read_yaml(source)
+    environment_name = environ.get(f"{ENV_PREFIX}ENV")
+    if environment_name:
+        layer = source.with_name(f"{source.stem}.{environment_name}{source.suffix}")
+        if layer.exists():
+            data = _deep_merge(data, _read_yaml(layer))
+    return build_config(data, str(source))
+
+
+def load_default_config() -> Config:
+    """The demo-safe default: 127.0.0.1:8080, admin on 127.0.0.1:9090, one empty pool."""
+    data: dict[str, Any] = {
+        "listeners": [{"name": "web", "bind": "127.0.0.1:8080"}],
+        "pools": {"default": {"backends": []}},
+        "routes": [{"name": "default", "match": {"host": "*", "path_prefix": "/"}, "pool": "default"}],
+    }
+    return build_config(data, "<built-in default>")
+
+
+def build_config(data: Mapping[str, Any], source: str) -> Config:
+    try:
+        return _EnvironmentOverlay(**data)
+    except ValidationError as error:
+        raise ConfigError(source, describe_validation_error(error)) from None
+
+
+def describe_validation_error(error: ValidationError) -> list[str]:
+    problems = []
+    for item in error.errors(include_url=False):
+        location = ".".join(str(part) for part in item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            allowed = _allowed_keys(item["loc"][:-1])
+            message = f"unknown key; allowed keys here: {', '.join(allowed)}"
+        elif item["type"] == "missing":
+            message = "this field is required"
+        if location and not message.startswith(location):
+            problems.append(f"{location}: {message}")
+        else:
+            problems.append(message)
+    return problems
+
+
+def _allowed_keys(location: tuple[int | str, ...]) -> list[str]:
+    model: Any = Config
+    for part in location:
+        if isinstance(model, type) and issubclass(model, BaseModel) and isinstance(part, str):
+            field = model.model_fields.get(part)
+            model = field.annotation if field else None
+        else:
+            model = _element_type(model)
+    while not (isinstance(model, type) and issubclass(model, BaseModel)):
+        if model is None or not get_args(model):
+            return []
+        model = _element_type(model)
+    return sorted(model.model_fields)
+
+
+def _element_type(annotation: Any) -> Any:
+    """The model inside list[X], dict[str, X] or X | None."""
+    args = [arg for arg in get_args(annotation) if arg is not type(None)]
+    if get_origin(annotation) is dict:
+        return args[-1] if args else None
+    return args[0] if args else None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(str(path), ["the file does not exist"]) from None
+    except OSError as error:
+        raise ConfigError(str(path), [f"cannot read the file: {error.strerror}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        reason = getattr(error, "problem", None) or str(error)
+        raise ConfigError(str(path), [f"{where}not valid YAML: {reason}"]) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(str(path), ["the top level must be a mapping of sections such as pools:"])
+    return data
+
+
+def _deep_merge(base: dict[str, Any], layer: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in layer.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged

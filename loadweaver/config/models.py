@@ -1,0 +1,220 @@
+"""The configuration schema. Field names are part of the promised interface: extend, never rename."""
+
+import ipaddress
+import os
+import socket
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from loadweaver.config.addresses import parse_bind, parse_upstream_url
+from loadweaver.config.units import ByteSize, Duration
+
+Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _default_node_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class NodeConfig(Strict):
+    id: Name = Field(default_factory=_default_node_id)
+    state_dir: str | None = None
+    shutdown_grace: Duration = 30.0
+
+
+class ClientTimeouts(Strict):
+    request_header: Duration = 10.0
+    idle: Duration = 60.0
+    tunnel_idle: Duration = 300.0
+
+
+class Certificate(Strict):
+    cert_file: str
+    key_file: str
+
+
+class ListenerTls(Strict):
+    certificates: list[Certificate] = Field(min_length=1)
+    min_version: Literal["1.2", "1.3"] = "1.2"
+
+
+class Listener(Strict):
+    name: Name
+    bind: str
+    timeouts: ClientTimeouts = ClientTimeouts()
+    tls: ListenerTls | None = None
+
+    @field_validator("bind")
+    @classmethod
+    def _valid_bind(cls, value: str) -> str:
+        parse_bind(value)
+        return value
+
+
+class PoolTimeouts(Strict):
+    connect: Duration = 3.0
+    response: Duration = 30.0
+    total: Duration = 0.0
+
+
+class ConnectionPoolConfig(Strict):
+    max_connections: int = Field(default=0, ge=0)
+    max_idle: int = Field(default=64, ge=0)
+    idle_timeout: Duration = 60.0
+    max_requests: int = Field(default=0, ge=0)
+
+
+class UpstreamTls(Strict):
+    verify: bool = True
+    ca_file: str | None = None
+    server_name: str | None = None
+
+
+class Backend(Strict):
+    name: Name
+    url: str
+    weight: int = Field(default=1, ge=0, le=256)
+
+    @field_validator("url")
+    @classmethod
+    def _valid_url(cls, value: str) -> str:
+        parse_upstream_url(value)
+        return value
+
+
+class Pool(Strict):
+    algorithm: Literal["round_robin"] = "round_robin"
+    timeouts: PoolTimeouts = PoolTimeouts()
+    connection_pool: ConnectionPoolConfig = ConnectionPoolConfig()
+    tls: UpstreamTls = UpstreamTls()
+    backends: list[Backend] = []
+
+    @field_validator("backends")
+    @classmethod
+    def _unique_backend_names(cls, backends: list[Backend]) -> list[Backend]:
+        seen: set[str] = set()
+        for backend in backends:
+            if backend.name in seen:
+                raise ValueError(f"backend name {backend.name!r} is used twice in this pool")
+            seen.add(backend.name)
+        return backends
+
+
+Method = Literal["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"]
+
+
+class RouteMatch(Strict):
+    host: str = "*"
+    path_prefix: str = "/"
+    methods: list[Method] = []
+    headers: dict[str, str] = {}
+
+    @field_validator("host")
+    @classmethod
+    def _valid_host(cls, value: str) -> str:
+        if value == "*" or value.startswith("*.") and "*" not in value[2:]:
+            return value.lower()
+        if "*" in value:
+            raise ValueError("a wildcard host must look like *.example.com, or be * alone")
+        return value.lower()
+
+    @field_validator("path_prefix")
+    @classmethod
+    def _valid_prefix(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("path_prefix must start with /")
+        return value
+
+
+class Route(Strict):
+    name: Name
+    match: RouteMatch = RouteMatch()
+    pool: str
+    priority: int = 0
+
+
+class AdminConfig(Strict):
+    bind: str = "127.0.0.1:9090"
+    enabled: bool = True
+
+    @field_validator("bind")
+    @classmethod
+    def _valid_bind(cls, value: str) -> str:
+        parse_bind(value)
+        return value
+
+
+class Limits(Strict):
+    max_request_body_bytes: ByteSize = 100 * 1024**2
+    max_header_bytes: ByteSize = 32 * 1024
+    max_url_bytes: ByteSize = 8 * 1024
+    max_headers: int = Field(default=100, ge=1)
+
+
+class SecurityConfig(Strict):
+    trusted_proxies: list[str] = []
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _valid_cidrs(cls, values: list[str]) -> list[str]:
+        for value in values:
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{value!r} is not an IP address or CIDR such as 10.0.0.0/8"
+                ) from None
+        return values
+
+
+class LoggingConfig(Strict):
+    level: Literal["trace", "debug", "info", "warning", "error", "critical"] = "info"
+    format: Literal["text", "json"] = "text"
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _lowercase(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+
+class ClusterConfig(Strict):
+    redis_url: str | None = None
+    name: Name = "default"
+
+
+class Config(Strict):
+    node: NodeConfig = NodeConfig()
+    listeners: list[Listener] = []
+    pools: dict[Name, Pool] = {}
+    routes: list[Route] = []
+    admin: AdminConfig = AdminConfig()
+    limits: Limits = Limits()
+    security: SecurityConfig = SecurityConfig()
+    logging: LoggingConfig = LoggingConfig()
+    cluster: ClusterConfig = ClusterConfig()
+
+    @model_validator(mode="after")
+    def _cross_references(self) -> "Config":
+        _check_unique("listeners", [listener.name for listener in self.listeners])
+        _check_unique("routes", [route.name for route in self.routes])
+        _check_unique("listeners", [listener.bind for listener in self.listeners], what="bind")
+        for index, route in enumerate(self.routes):
+            if route.pool not in self.pools:
+                known = ", ".join(sorted(self.pools)) or "none defined"
+                raise ValueError(
+                    f"routes.{index}.pool: pool {route.pool!r} does not exist (pools: {known})"
+                )
+        return self
+
+
+def _check_unique(section: str, values: list[str], what: str = "name") -> None:
+    seen: set[str] = set()
+    for index, value in enumerate(values):
+        if value in seen:
+            raise ValueError(f"{section}.{index}.{what}: {value!r} is used twice")
+        seen.add(value)

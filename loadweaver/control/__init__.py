@@ -1,0 +1,1 @@
+"""The control plane's output: immutable snapshots, swapped by one reference."""

@@ -1,0 +1,108 @@
+"""Turns a validated Config into a Snapshot, reusing connection pools that did not change."""
+
+from loadweaver.balancing.base import Backend
+from loadweaver.balancing.registry import create_strategy
+from loadweaver.config.addresses import parse_bind, parse_upstream_url
+from loadweaver.config.models import Config, Listener, Pool, Route
+from loadweaver.control.snapshot import ListenerSpec, PoolRuntime, RequestLimits, Snapshot
+from loadweaver.pool.manager import PoolManager
+from loadweaver.pool.pool import PoolSettings
+from loadweaver.proxy.tls import load_certificate_set, upstream_context
+from loadweaver.routing.table import CompiledRoute, RouteTable
+from loadweaver.security.trusted import TrustedProxies
+
+
+def compile_snapshot(config: Config, version: int, pools: PoolManager) -> Snapshot:
+    """Raises TlsConfigError when a certificate or CA file cannot be loaded."""
+    runtimes = {name: _compile_pool(name, pool, pools) for name, pool in config.pools.items()}
+    limits = config.limits
+    return Snapshot(
+        version=version,
+        config=config,
+        routes=RouteTable(
+            [_compile_route(index, route) for index, route in enumerate(config.routes)]
+        ),
+        pools=runtimes,
+        limits=RequestLimits(
+            max_body_bytes=limits.max_request_body_bytes,
+            max_header_bytes=limits.max_header_bytes,
+            max_url_bytes=limits.max_url_bytes,
+            max_headers=limits.max_headers,
+        ),
+        trusted_proxies=TrustedProxies(config.security.trusted_proxies),
+        listeners={listener.name: _compile_listener(listener) for listener in config.listeners},
+        sweep_interval=_sweep_interval(config),
+    )
+
+
+def _sweep_interval(config: Config) -> float:
+    """A quarter of the shortest timeout, so deadlines fire at most 25% late; within 10-500 ms."""
+    timeouts = [
+        value
+        for listener in config.listeners
+        for value in (listener.timeouts.request_header, listener.timeouts.idle,
+                      listener.timeouts.tunnel_idle)
+    ]
+    timeouts += [
+        value for pool in config.pools.values()
+        for value in (pool.timeouts.response, pool.timeouts.total)
+    ]
+    positive = [value for value in timeouts if value > 0]
+    return min(max(min(positive, default=2.0) / 4, 0.01), 0.5)
+
+
+def _compile_pool(name: str, pool: Pool, manager: PoolManager) -> PoolRuntime:
+    ssl_context = None
+    backends = []
+    for backend in pool.backends:
+        address = parse_upstream_url(backend.url)
+        if address.tls and ssl_context is None:
+            ssl_context = upstream_context(pool.tls)
+        settings = PoolSettings(
+            connect_timeout=pool.timeouts.connect,
+            max_connections=pool.connection_pool.max_connections,
+            max_idle=pool.connection_pool.max_idle,
+            idle_timeout=pool.connection_pool.idle_timeout,
+            max_requests=pool.connection_pool.max_requests,
+            ssl_context=ssl_context if address.tls else None,
+            server_hostname=(pool.tls.server_name or address.host) if address.tls else None,
+        )
+        connections = manager.get(name, backend.name, address, settings)
+        backends.append(Backend(backend.name, name, address, backend.weight, connections))
+    return PoolRuntime(
+        name=name,
+        strategy=create_strategy(pool.algorithm, backends),
+        backends=tuple(backends),
+        response_timeout=pool.timeouts.response,
+        total_timeout=pool.timeouts.total,
+    )
+
+
+def _compile_route(order: int, route: Route) -> CompiledRoute:
+    match = route.match
+    return CompiledRoute(
+        name=route.name,
+        pool=route.pool,
+        host=match.host,
+        path_prefix=match.path_prefix,
+        methods=frozenset(match.methods),
+        headers=tuple(
+            (name.lower().encode("latin-1"), value.encode("latin-1"))
+            for name, value in match.headers.items()
+        ),
+        priority=route.priority,
+        order=order,
+    )
+
+
+def _compile_listener(listener: Listener) -> ListenerSpec:
+    tls = listener.tls
+    return ListenerSpec(
+        name=listener.name,
+        bind=parse_bind(listener.bind),
+        request_header_timeout=listener.timeouts.request_header,
+        idle_timeout=listener.timeouts.idle,
+        tunnel_idle_timeout=listener.timeouts.tunnel_idle,
+        certificates=load_certificate_set(tls) if tls else None,
+        min_tls_version=tls.min_version if tls else "1.2",
+    )

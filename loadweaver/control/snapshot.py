@@ -1,0 +1,62 @@
+"""An immutable view of everything the data plane needs to serve a request."""
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from loadweaver.balancing.base import Backend, Strategy
+from loadweaver.config.addresses import BindAddress
+from loadweaver.config.models import Config
+from loadweaver.proxy.tls import CertificateSet
+from loadweaver.routing.table import RouteTable
+from loadweaver.security.trusted import TrustedProxies
+
+
+@dataclass(frozen=True, slots=True)
+class PoolRuntime:
+    name: str
+    strategy: Strategy
+    backends: tuple[Backend, ...]
+    response_timeout: float
+    total_timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class RequestLimits:
+    max_body_bytes: int
+    max_header_bytes: int
+    max_url_bytes: int
+    max_headers: int
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerSpec:
+    name: str
+    bind: BindAddress
+    request_header_timeout: float
+    idle_timeout: float
+    tunnel_idle_timeout: float
+    certificates: CertificateSet | None
+    min_tls_version: str
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    version: int
+    config: Config
+    routes: RouteTable
+    pools: Mapping[str, PoolRuntime]
+    limits: RequestLimits
+    trusted_proxies: TrustedProxies
+    listeners: Mapping[str, ListenerSpec]
+    sweep_interval: float
+
+
+class SnapshotHolder:
+    """The one mutable reference: the control plane swaps it, each request reads it once."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.current = snapshot
+
+    def swap(self, snapshot: Snapshot) -> Snapshot:
+        previous, self.current = self.current, snapshot
+        return previous

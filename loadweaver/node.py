@@ -1,0 +1,165 @@
+"""The composition root: builds every component, starts and stops them in order, handles signals."""
+
+import asyncio
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+from loguru import logger
+
+from loadweaver.admin.server import AdminServer
+from loadweaver.config.addresses import parse_bind
+from loadweaver.config.loader import ConfigError, load_config
+from loadweaver.config.models import Config
+from loadweaver.control.compiler import compile_snapshot
+from loadweaver.control.snapshot import Snapshot, SnapshotHolder
+from loadweaver.observability.metrics import Metrics
+from loadweaver.pool.manager import PoolManager
+from loadweaver.proxy.listener import ConnectionRegistry, Listener, ProxyContext
+from loadweaver.proxy.tls import TlsConfigError
+
+
+class NodeStartError(Exception):
+    """The node cannot start; the message is a sentence for the operator."""
+
+
+class Node:
+    def __init__(
+        self,
+        config: Config,
+        config_path: Path | None = None,
+        reuse_port: bool = False,
+        serve_admin: bool = True,
+    ) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.reuse_port = reuse_port
+        self.serve_admin = serve_admin and config.admin.enabled
+        self.metrics = Metrics()
+        self.ready = False
+        self.listeners: dict[str, Listener] = {}
+        self._version = 0
+        self._stopped = asyncio.Event()
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.pools = PoolManager(loop)
+        self.holder = SnapshotHolder(self._compile(self.config))
+        self.connections = ConnectionRegistry(loop, self.holder)
+        self.context = ProxyContext(loop, self.holder, self.metrics, self.connections)
+        self.admin = AdminServer(
+            parse_bind(self.config.admin.bind), self.metrics.registry, lambda: self.ready
+        )
+        try:
+            for spec in self.holder.current.listeners.values():
+                listener = Listener(self.context, spec, self.reuse_port)
+                await listener.start()
+                self.listeners[spec.name] = listener
+            if self.serve_admin:
+                await self._start_admin()
+        except NodeStartError:
+            await self.stop(grace=0)
+            raise
+        self.connections.start()
+        self.ready = True
+        logger.info("node {} ready (config version {})", self.config.node.id, self._version)
+
+    async def _start_admin(self) -> None:
+        try:
+            await self.admin.start()
+        except OSError as error:
+            raise NodeStartError(
+                f"cannot listen on {self.config.admin.bind} for the admin API: "
+                f"{error.strerror or error}"
+            ) from None
+        logger.info("admin API on http://{}", self.config.admin.bind)
+
+    def _compile(self, config: Config) -> Snapshot:
+        self._version += 1
+        try:
+            return compile_snapshot(config, self._version, self.pools)
+        except TlsConfigError as error:
+            raise NodeStartError(str(error)) from None
+
+    async def reload(self) -> bool:
+        """Re-reads the config file; an invalid one keeps the running config. True on success."""
+        if self.config_path is None:
+            logger.warning("reload requested, but the node runs without a config file")
+            return False
+        try:
+            config = load_config(self.config_path)
+            snapshot = self._compile(config)
+        except (ConfigError, NodeStartError) as error:
+            self.metrics.config_reloads.labels("failure").inc()
+            logger.error("config reload failed, keeping the running config:\n{}", error)
+            return False
+        self.config = config
+        self.holder.swap(snapshot)
+        await self._sync_listeners()
+        self.pools.retain_only(
+            backend.connections for pool in snapshot.pools.values() for backend in pool.backends
+        )
+        self.metrics.config_reloads.labels("success").inc()
+        logger.info("config reloaded (version {})", snapshot.version)
+        return True
+
+    async def _sync_listeners(self) -> None:
+        specs = self.holder.current.listeners
+        for name in list(self.listeners):
+            spec = specs.get(name)
+            listener = self.listeners[name]
+            if spec is None or spec.bind != listener.spec.bind:
+                listener.stop_accepting()
+                del self.listeners[name]
+            else:
+                listener.update(spec)
+        for name, spec in specs.items():
+            if name not in self.listeners:
+                listener = Listener(self.context, spec, self.reuse_port)
+                try:
+                    await listener.start()
+                except Exception as error:  # noqa: BLE001 - reported, the rest keeps serving
+                    logger.error("{}", error)
+                    continue
+                self.listeners[name] = listener
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stops accepting, lets in-flight requests finish within `grace`, then closes the rest."""
+        grace = self.config.node.shutdown_grace if grace is None else grace
+        self.ready = False
+        for listener in self.listeners.values():
+            listener.stop_accepting()
+        if hasattr(self, "connections"):
+            left = await self.connections.drain(grace)
+            if left:
+                logger.warning("closed {} connection(s) still busy after the grace period", left)
+        if hasattr(self, "pools"):
+            self.pools.close_all()
+        if self.serve_admin and hasattr(self, "admin"):
+            await self.admin.stop()
+        self._stopped.set()
+
+    async def run(self) -> None:
+        """Starts, then serves until SIGTERM or SIGINT; SIGHUP reloads the config file."""
+        loop = asyncio.get_running_loop()
+        await self.start()
+        stop_requested = asyncio.Event()
+        reloads: set[asyncio.Task[bool]] = set()
+
+        def request_reload() -> None:
+            task = loop.create_task(self.reload())
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        handlers: dict[signal.Signals, Callable[[], None]] = {
+            signal.SIGTERM: stop_requested.set,
+            signal.SIGINT: stop_requested.set,
+            signal.SIGHUP: request_reload,
+        }
+        for signum, handler in handlers.items():
+            loop.add_signal_handler(signum, handler)
+        await stop_requested.wait()
+        logger.info("stopping: draining connections")
+        await self.stop()
+        for signum in handlers:
+            loop.remove_signal_handler(signum)

@@ -1,0 +1,1 @@
+"""Metrics, logging setup and (later) access logs and alerts."""

@@ -1,0 +1,75 @@
+"""Prometheus metrics for one node, in a registry the node owns (no global registry).
+
+Per-request counts are plain integers read at scrape time, because a labelled prometheus counter
+takes a lock on every increment; rare events (errors, timeouts) use ordinary labelled counters.
+"""
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+
+class RequestCounts:
+    """Hot-path tallies, bumped with a plain `+= 1`; `by_class[2]` counts 2xx responses."""
+
+    __slots__ = ("by_class", "requests")
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.by_class = [0] * 6
+
+
+class _RequestCountsCollector(Collector):
+    def __init__(self, counts: RequestCounts) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        counts = self._counts
+        yield CounterMetricFamily(
+            "loadweaver_requests", "Requests whose headers were parsed.", value=counts.requests
+        )
+        responses = CounterMetricFamily(
+            "loadweaver_responses", "Responses sent to clients, by status class.", labels=["code"]
+        )
+        for status_class in range(1, 6):
+            responses.add_metric([f"{status_class}xx"], counts.by_class[status_class])
+        yield responses
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.counts = RequestCounts()
+        self.registry.register(_RequestCountsCollector(self.counts))
+        self.local_replies = Counter(
+            "loadweaver_local_replies",
+            "Responses the proxy generated itself, by status and reason.",
+            ["status", "reason"],
+            registry=self.registry,
+        )
+        self.timeouts = Counter(
+            "loadweaver_timeouts",
+            "Timeouts, by kind: request_header, idle, connect, response, total, tunnel_idle.",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.upstream_errors = Counter(
+            "loadweaver_upstream_errors",
+            "Failures talking to backends, by kind.",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.retries = Counter(
+            "loadweaver_upstream_retries",
+            "Requests replayed on a fresh connection after a reused one failed.",
+            registry=self.registry,
+        )
+        self.client_connections = Gauge(
+            "loadweaver_client_connections", "Open client connections.", registry=self.registry
+        )
+        self.config_reloads = Counter(
+            "loadweaver_config_reloads", "Config reloads by result.", ["result"],
+            registry=self.registry,
+        )

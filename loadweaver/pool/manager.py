@@ -1,0 +1,39 @@
+"""Owns every UpstreamPool so that pooled connections outlive the snapshots that point at them."""
+
+import asyncio
+from collections.abc import Iterable
+
+from loadweaver.config.addresses import UpstreamAddress
+from loadweaver.pool.pool import PoolSettings, UpstreamPool
+
+PoolKey = tuple[str, str, UpstreamAddress, PoolSettings]
+
+
+class PoolManager:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._pools: dict[PoolKey, UpstreamPool] = {}
+
+    def get(
+        self, pool_name: str, backend_name: str, address: UpstreamAddress, settings: PoolSettings
+    ) -> UpstreamPool:
+        """The pool for this backend, reused when nothing that affects its connections changed."""
+        key = (pool_name, backend_name, address, settings)
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = self._pools[key] = UpstreamPool(address, settings, self._loop)
+        return pool
+
+    def retain_only(self, in_use: Iterable[UpstreamPool]) -> None:
+        """Closes the pools no snapshot uses any more; their lent connections finish first."""
+        keep = {id(pool) for pool in in_use}
+        for key, pool in list(self._pools.items()):
+            if id(pool) not in keep:
+                del self._pools[key]
+                pool.close()
+
+    def close_all(self) -> None:
+        self.retain_only(())
+
+    def __iter__(self) -> "Iterable[UpstreamPool]":
+        return iter(list(self._pools.values()))

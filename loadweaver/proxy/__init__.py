@@ -1,0 +1,1 @@
+"""The data plane: listener, client protocol, one exchange per request, upstream relay, tunnels."""

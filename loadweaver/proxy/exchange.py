@@ -1,0 +1,603 @@
+"""One request's journey: route, pick, forward, relay the response, release the connection.
+
+Callbacks never await. Connecting is the one slow path that runs as a task; everything else is
+driven by the client connection (request bytes) and the upstream connection (response bytes).
+"""
+
+import asyncio
+import re
+from typing import TYPE_CHECKING
+
+import httptools
+from loguru import logger
+
+from loadweaver.balancing.base import Backend, NoBackend
+from loadweaver.control.snapshot import PoolRuntime, Snapshot
+from loadweaver.pool.connection import UpstreamConnection
+from loadweaver.pool.pool import UpstreamConnectError
+from loadweaver.proxy import replies
+from loadweaver.proxy.headers import (
+    FORWARDING,
+    HOP_BY_HOP,
+    Header,
+    connection_tokens,
+    forwarded_element,
+    joined,
+    names_extra_headers,
+    render_forwarding,
+    render_headers,
+    status_line,
+)
+from loadweaver.proxy.replies import LocalReply, RequestRejectedError
+from loadweaver.proxy.request import ParsedRequest
+
+if TYPE_CHECKING:
+    from loadweaver.proxy.client import ClientConnection
+
+REPLAY_LIMIT = 64 * 1024  # request bytes kept so a stale keep-alive failure can be replayed
+BUFFER_HIGH_WATER = 256 * 1024  # body bytes held while connecting before client reads pause
+NO_BODY_STATUSES = frozenset((204, 304))
+RESPONSE_SPECIAL = HOP_BY_HOP | {b"content-length"}
+
+# Response framing towards the client.
+NONE, LENGTH, CHUNKED, CLOSE = range(4)
+
+
+class Exchange:
+    # Scalar defaults live on the class: a request only pays for the attributes it changes.
+    pool: PoolRuntime | None = None
+    backend: Backend | None = None
+    upstream: UpstreamConnection | None = None
+    parser: httptools.HttpResponseParser | None = None
+    head = b""
+    pending_size = 0
+    replay_size = 0
+    body_received = 0
+    max_body = 0
+    request_complete = False
+    retried = False
+    finished = False
+    deadline = 0.0
+    total_deadline = 0.0
+    status = 0
+    response_started = False
+    response_framing = NONE
+    response_done = False
+    informational = False
+    keep_client = True
+    upstream_keep_alive = False
+    tunnel_data: list[bytes] | None = None
+    trailers: list[Header] | None = None
+
+    def __init__(self, client: "ClientConnection", request: ParsedRequest) -> None:
+        self.client = client
+        self.request = request
+        self.pending: list[bytes] | None = []  # request bytes not yet written upstream
+        self.replay: list[bytes] | None = []  # request bytes kept for one replay
+        self.response_lines: list[bytes] = []
+        self.response_special: list[Header] = []
+        self.out: list[bytes] = []
+
+    # ---- preparation (client side, at headers complete) ----
+
+    def prepare(self, snapshot: Snapshot) -> LocalReply | None:
+        """Routes the request and renders its upstream head; a LocalReply when it cannot go on."""
+        request = self.request
+        target = request.target
+        host = request.host
+        if target[:1] == b"/" and host and _PLAIN_HOST(host):
+            # The common case, inlined: origin-form target and a well-formed Host.
+            path = target.partition(b"?")[0].decode("latin-1")
+            hostname = host.partition(b":")[0].lower().decode("latin-1")
+        else:
+            if request.method == b"CONNECT":
+                return replies.CONNECT_REJECTED
+            found, problem = _request_host(request)
+            if problem is not None:
+                return problem
+            # HTTP/1.0 without Host: the backend still needs one.
+            host = found or str(self.client.listener.bind).encode()
+            path = _path_of(target)
+            hostname = _host_without_port(host).lower()
+        limits = snapshot.limits
+        self.max_body = limits.max_body_bytes
+        if request.content_length is not None and request.content_length > limits.max_body_bytes:
+            return replies.BODY_TOO_LARGE
+        route = snapshot.routes.match(hostname, path, request.method.decode(), request.headers)
+        if route is None:
+            return replies.NO_ROUTE if not request.has_body else _closing(replies.NO_ROUTE)
+        self.pool = snapshot.pools[route.pool]
+        self.head = self._render_upstream_head(host)
+        return None
+
+    def _render_upstream_head(self, host: bytes) -> bytes:
+        """Host first, the client's end-to-end headers, then forwarding and framing headers."""
+        request = self.request
+        client = self.client
+        headers = request.headers
+        connection: list[bytes] = []
+        upgrade: list[bytes] = []
+        forwarding: list[Header] = []
+        for name, value in request.special:
+            if name == b"connection":
+                connection.append(value)
+            elif name == b"upgrade":
+                upgrade.append(value)
+            elif name in FORWARDING:
+                forwarding.append((name, value))
+        if connection and names_extra_headers(connection):
+            dropped = connection_tokens(connection)
+            headers = [(name, value) for name, value in headers if name.lower() not in dropped]
+        if forwarding and client.trusted:
+            block = _forwarding_block(client.client_ip, client.tls, host, forwarding)
+        elif host == client.forwarding_host:
+            block = client.forwarding_cache
+        else:
+            block = client.forwarding_block(host)
+        target = request.target
+        lines = [
+            request.method, b" ", target if target[:1] == b"/" else _origin_form(target),
+            b" HTTP/1.1\r\nHost: ", host, b"\r\n",
+        ]
+        if headers:
+            lines += (b"\r\n".join(map(b": ".join, headers)), b"\r\n")
+        lines.append(block)
+        if request.upgrade:
+            lines += (b"Connection: Upgrade\r\nUpgrade: ", joined(upgrade), b"\r\n")
+        if request.chunked:
+            lines.append(b"Transfer-Encoding: chunked\r\n")
+        elif request.content_length is not None:
+            lines.append(b"Content-Length: %d\r\n" % request.content_length)
+        lines.append(b"\r\n")
+        return b"".join(lines)
+
+    # ---- start: pick a backend and get a connection ----
+
+    def start(self) -> None:
+        pool = self.pool
+        assert pool is not None
+        now = self.client.loop.time()
+        if pool.total_timeout:
+            self.total_deadline = now + pool.total_timeout
+        picked = pool.strategy.pick(self.client.pick_context)
+        if isinstance(picked, NoBackend):
+            self.fail(replies.no_backend(picked.reason))
+            return
+        self.backend = picked
+        connection = picked.connections.take_idle()
+        if connection is not None:
+            self._attach(connection)
+        else:
+            self.client.loop.create_task(self._connect(picked, fresh=False))
+
+    async def _connect(self, backend: Backend, fresh: bool) -> None:
+        try:
+            connection = await backend.connections.acquire(fresh=fresh)
+        except UpstreamConnectError as error:
+            if not self.finished:
+                self._connect_failed(backend, error)
+            return
+        if self.finished:
+            backend.connections.release(connection, reusable=True)
+            return
+        self._attach(connection)
+
+    def _connect_failed(self, backend: Backend, error: UpstreamConnectError) -> None:
+        metrics = self.client.metrics
+        metrics.upstream_errors.labels(f"connect_{error.kind}").inc()
+        if error.kind == "timeout":
+            metrics.timeouts.labels("connect").inc()
+            reply = replies.CONNECT_TIMEOUT
+        else:
+            reply = replies.bad_gateway(
+                f"upstream_connect_{error.kind}",
+                f"The backend could not be reached ({error.detail}).",
+            )
+        logger.warning(
+            "upstream connect to {} ({}) failed: {}",
+            backend, backend.address.authority, error.detail,
+        )
+        self.fail(reply)
+
+    def _attach(self, connection: UpstreamConnection) -> None:
+        pool = self.pool
+        assert pool is not None
+        self.upstream = connection
+        connection.handler = self
+        self.parser = httptools.HttpResponseParser(self)
+        self.deadline = self.client.loop.time() + pool.response_timeout
+        pending = self.pending
+        assert pending is not None
+        self.pending = None
+        transport = connection.transport
+        assert transport is not None
+        transport.write(self.head + b"".join(pending) if pending else self.head)
+        if self.replay is not None:
+            self.replay.insert(0, self.head)
+        if self.pending_size > BUFFER_HIGH_WATER:
+            self.client.resume_reading("buffer")
+        if connection.write_paused:
+            self.client.pause_reading("upstream")
+
+    # ---- request body from the client ----
+
+    def client_body(self, chunk: bytes) -> None:
+        self.body_received += len(chunk)
+        if self.body_received > self.max_body:
+            raise RequestRejectedError(replies.BODY_TOO_LARGE)
+        data = b"%x\r\n%s\r\n" % (len(chunk), chunk) if self.request.chunked else chunk
+        self._send_upstream(data)
+
+    def client_body_done(self, trailers: list[Header]) -> None:
+        self.request_complete = True
+        if self.request.chunked:
+            tail = b"0\r\n" + b"".join([n + b": " + v + b"\r\n" for n, v in trailers]) + b"\r\n"
+            self._send_upstream(tail)
+
+    def _send_upstream(self, data: bytes) -> None:
+        if self.finished:
+            return
+        if self.replay is not None:
+            self.replay_size += len(data)
+            if self.replay_size > REPLAY_LIMIT:
+                self.replay = None
+            else:
+                self.replay.append(data)
+        if self.pending is not None:
+            self.pending.append(data)
+            self.pending_size += len(data)
+            if self.pending_size > BUFFER_HIGH_WATER:
+                self.client.pause_reading("buffer")
+        elif self.upstream is not None:
+            self.upstream.write(data)
+
+    # ---- the response, from the upstream connection ----
+
+    def upstream_data(self, data: bytes) -> None:
+        parser = self.parser
+        if parser is None:
+            return
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            self._flush_to_client()
+            self._switch_to_tunnel(data[upgrade.args[0] :])
+            return
+        except httptools.HttpParserError as error:
+            self._flush_to_client()
+            self._invalid_response(str(error))
+            return
+        out = self.out
+        if out:
+            client = self.client
+            if not client.closed:
+                client.transport.write(out[0] if len(out) == 1 else b"".join(out))  # type: ignore[union-attr]
+            out.clear()
+        if self.response_done:
+            self._complete()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.response_started:
+            if self.trailers is None:
+                self.trailers = []
+            self.trailers.append((name, value))
+            return
+        lowered = name.lower()
+        if lowered in RESPONSE_SPECIAL:
+            self.response_special.append((lowered, value))
+            if lowered != b"content-length":
+                return
+        self.response_lines.append(name + b": " + value + b"\r\n")
+
+    def on_headers_complete(self) -> None:
+        parser = self.parser
+        assert parser is not None
+        status = parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            self._relay_informational(status)
+            return
+        self.status = status
+        self.deadline = self.total_deadline
+        self.response_started = True
+        self.out.append(self._render_response_head(status))
+        # llhttp forgets keep-alive once the message completes, so it is read now.
+        self.upstream_keep_alive = parser.should_keep_alive()
+        if self.response_framing == NONE and status != 101:
+            self.response_done = True
+
+    def on_body(self, chunk: bytes) -> None:
+        if self.response_framing == CHUNKED:
+            self.out.append(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        else:
+            self.out.append(chunk)
+
+    def on_message_complete(self) -> None:
+        if self.informational:
+            self.informational = False
+            return
+        if self.response_framing == CHUNKED:
+            self.out.append(b"0\r\n" + render_headers(self.trailers or ()) + b"\r\n")
+        self.response_done = True
+
+    def _relay_informational(self, status: int) -> None:
+        self.informational = True
+        lines, self.response_lines = self.response_lines, []
+        self.response_special = []
+        if self.request.http11:
+            self.out.append(b"%s%s\r\n" % (status_line(status), b"".join(lines)))
+
+    def _render_response_head(self, status: int) -> bytes:
+        request = self.request
+        lines = self.response_lines
+        has_length = chunked = False
+        connection: list[bytes] = []
+        upgrade: list[bytes] = []
+        for name, value in self.response_special:
+            if name == b"content-length":
+                has_length = True
+            elif name == b"connection":
+                connection.append(value)
+            elif name == b"upgrade":
+                upgrade.append(value)
+            elif name == b"transfer-encoding":
+                chunked = True
+        if connection and names_extra_headers(connection):
+            dropped = connection_tokens(connection)
+            lines = [line for line in lines if line.split(b":", 1)[0].lower() not in dropped]
+        head = status_line(status)
+        if status == 101:
+            return b"%s%sConnection: Upgrade\r\nUpgrade: %s\r\n\r\n" % (
+                head, b"".join(lines), joined(upgrade)
+            )
+        keep_alive = request.keep_alive and not self.client.closing and not request.upgrade
+        extra = b""
+        if request.method == b"HEAD" or status in NO_BODY_STATUSES:
+            self.response_framing = NONE
+        elif has_length and not chunked:
+            self.response_framing = LENGTH
+        elif request.http11:
+            self.response_framing = CHUNKED
+            extra = b"Transfer-Encoding: chunked\r\n"
+        else:
+            self.response_framing = CLOSE
+            keep_alive = False
+        self.keep_client = keep_alive
+        if not keep_alive:
+            extra += b"Connection: close\r\n"
+        elif not request.http11:
+            extra += b"Connection: keep-alive\r\n"
+        return b"%s%s%s\r\n" % (head, b"".join(lines), extra)
+
+    def _flush_to_client(self) -> None:
+        out = self.out
+        if out:
+            self.client.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
+
+    def _complete(self) -> None:
+        """The whole response reached the client's transport."""
+        if self.finished:
+            return
+        self.finished = True
+        connection, self.upstream = self.upstream, None
+        if connection is not None:
+            reusable = (
+                self.request_complete
+                and self.response_framing != CLOSE
+                and self.upstream_keep_alive
+            )
+            connection.pool.release(connection, reusable)
+        self.parser = None
+        client = self.client
+        client.metrics.counts.by_class[self.status // 100] += 1
+        client.exchange_done(self, self.keep_client and self.request_complete)
+
+    # ---- failures ----
+
+    def upstream_closed(self, error: Exception | None) -> None:
+        connection = self.upstream
+        self.upstream = None
+        if self.finished:
+            return
+        if self.response_started:
+            if self.response_framing == CLOSE and error is None:
+                self._complete()
+            else:
+                self.client.metrics.upstream_errors.labels("reset_during_response").inc()
+                logger.warning("backend {} closed the connection mid-response", self.backend)
+                self.finished = True
+                self.client.abort()
+            return
+        if (
+            connection is not None
+            and connection.reused
+            and not self.retried
+            and self.replay is not None
+            and self.backend is not None
+        ):
+            self._retry_fresh(self.backend)
+            return
+        self.client.metrics.upstream_errors.labels("reset_before_response").inc()
+        logger.warning("backend {} closed the connection before responding", self.backend)
+        self.fail(
+            replies.bad_gateway("upstream_reset", "The backend closed the connection early.")
+        )
+
+    def _retry_fresh(self, backend: Backend) -> None:
+        """The stale keep-alive race: the backend closed an idle connection as we reused it."""
+        self.retried = True
+        self.client.metrics.retries.inc()
+        assert self.replay is not None
+        self.pending = self.replay[1:]  # the head is re-sent by _attach
+        self.replay = []
+        self.parser = None
+        self.informational = False
+        self.trailers = None
+        self.response_lines = []
+        self.response_special = []
+        self.client.loop.create_task(self._connect(backend, fresh=True))
+
+    def _invalid_response(self, detail: str) -> None:
+        self.client.metrics.upstream_errors.labels("invalid_response").inc()
+        logger.warning("backend {} sent an invalid response: {}", self.backend, detail)
+        if self.upstream is not None:
+            self.upstream.handler = None
+            self.upstream.abort()
+            self.upstream = None
+        if self.response_started:
+            self.finished = True
+            self.client.abort()
+        else:
+            self.fail(
+                replies.bad_gateway("invalid_response", "The backend sent an invalid response.")
+            )
+
+    def check_deadline(self, now: float) -> None:
+        if self.finished:
+            return
+        if self.total_deadline and now >= self.total_deadline:
+            self.client.metrics.timeouts.labels("total").inc()
+            logger.warning("request to {} exceeded its total time", self.backend)
+            self._time_out(replies.TOTAL_TIMEOUT)
+        elif self.deadline and now >= self.deadline and not self.response_started:
+            self.client.metrics.timeouts.labels("response").inc()
+            logger.warning("backend {} did not answer in time", self.backend)
+            self._time_out(replies.UPSTREAM_TIMEOUT)
+
+    def _time_out(self, reply: LocalReply) -> None:
+        if self.upstream is not None:
+            self.upstream.handler = None
+            self.upstream.abort()
+            self.upstream = None
+        if self.response_started:
+            self.finished = True
+            self.client.abort()
+        else:
+            self.fail(reply)
+
+    def fail(self, reply: LocalReply) -> None:
+        """Ends the exchange with a local reply; the client connection closes when unsafe."""
+        if self.finished:
+            return
+        self.finished = True
+        if self.upstream is not None:
+            self.upstream.handler = None
+            self.upstream.abort()
+            self.upstream = None
+        if self.response_started:
+            self.client.abort()
+            return
+        self.client.metrics.local_replies.labels(reply.status, reply.reason).inc()
+        keep_alive = (
+            not reply.close and self.request_complete and self.request.keep_alive
+            and not self.request.upgrade
+        )
+        self.client.metrics.counts.by_class[reply.status // 100] += 1
+        self.client.write(reply.render(keep_alive and not self.client.closing))
+        self.client.exchange_done(self, keep_alive)
+
+    def abandon(self) -> None:
+        """The client went away: drop the upstream side unless it finished cleanly."""
+        if self.finished:
+            return
+        self.finished = True
+        if self.upstream is not None:
+            self.upstream.handler = None
+            self.upstream.abort()
+            self.upstream = None
+
+    # ---- flow control ----
+
+    def upstream_pause_writing(self) -> None:
+        self.client.pause_reading("upstream")
+
+    def upstream_resume_writing(self) -> None:
+        self.client.resume_reading("upstream")
+
+    def client_pause_writing(self) -> None:
+        if self.upstream is not None and self.upstream.transport is not None:
+            self.upstream.transport.pause_reading()
+
+    def client_resume_writing(self) -> None:
+        if self.upstream is not None and self.upstream.transport is not None:
+            self.upstream.transport.resume_reading()
+
+    # ---- upgrade ----
+
+    def _switch_to_tunnel(self, first_bytes: bytes) -> None:
+        connection = self.upstream
+        if self.status != 101 or not self.request.upgrade or connection is None:
+            self._invalid_response("101 Switching Protocols without an upgrade request")
+            return
+        self.finished = True
+        self.upstream = None
+        self.client.start_tunnel(connection, first_bytes, self.tunnel_data)
+
+
+def _forwarding_block(
+    client_ip: str, tls: bool, host: bytes, received: list[Header]
+) -> bytes:
+    """Forwarding headers for a trusted peer: its chain is extended, its proto and host kept."""
+    scheme = b"https" if tls else b"http"
+    chain = [value for name, value in received if name == b"x-forwarded-for"]
+    elements = [value for name, value in received if name == b"forwarded"]
+    proto = scheme
+    forwarded_host = host
+    for name, value in received:
+        if name == b"x-forwarded-proto":
+            proto = value
+        elif name == b"x-forwarded-host":
+            forwarded_host = value
+    chain.append(client_ip.encode())
+    elements.append(forwarded_element(client_ip, scheme, host))
+    return render_forwarding(joined(chain), proto, forwarded_host, joined(elements))
+
+
+def _closing(reply: LocalReply) -> LocalReply:
+    return LocalReply(reply.status, reply.reason, reply.message, close=True)
+
+
+def _request_host(request: ParsedRequest) -> tuple[bytes, LocalReply | None]:
+    target = request.target
+    if not target.startswith(b"/") and target[:4].lower() == b"http":
+        authority = target.split(b"//", 1)[-1].split(b"/", 1)[0].split(b"?", 1)[0]
+        if not authority or b"@" in authority:
+            return b"", replies.bad_request("bad_target", "The request target is malformed.")
+        return authority, None
+    host = request.host
+    if host is None:
+        if request.http11:
+            return b"", replies.bad_request("missing_host", "HTTP/1.1 requests need a Host header.")
+        return b"", None
+    if not _PLAIN_HOST(host):
+        return b"", replies.bad_request("bad_host", "The Host header is malformed.")
+    return host, None
+
+
+# Host values made only of these characters are safe to route on and forward as they are.
+_PLAIN_HOST = re.compile(rb"[A-Za-z0-9.\-]+(?::[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](?::[0-9]{1,5})?").fullmatch
+
+
+def _host_without_port(host: bytes) -> str:
+    if host.startswith(b"["):
+        return host.split(b"]", 1)[0].decode("latin-1") + "]"
+    return host.partition(b":")[0].decode("latin-1")
+
+
+def _origin_form(target: bytes) -> bytes:
+    if target.startswith(b"/") or target == b"*":
+        return target
+    rest = target.split(b"//", 1)[1]
+    slash = rest.find(b"/")
+    query = rest.find(b"?")
+    if slash == -1:
+        return b"/" + rest[query:] if query != -1 else b"/"
+    return rest[slash:]
+
+
+def _path_of(target: bytes) -> str:
+    path = _origin_form(target) if not target.startswith(b"/") else target
+    query = path.find(b"?")
+    if query != -1:
+        path = path[:query]
+    return path.decode("latin-1")

@@ -1,0 +1,1 @@
+"""Trusted proxies and, later, IP filters and DDoS defences."""
