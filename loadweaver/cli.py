@@ -1,10 +1,11 @@
-"""The `loadweaver` command: `node start`, `config validate`; `cluster ...` comes with the admin API.
+"""The `loadweaver` command: `node start` and `config validate`.
+
+`cluster ...` arrives with the admin API.
 
 Exit codes: 0 success, 1 rejected (invalid config, cannot start), 2 usage error.
 """
 
 import argparse
-import asyncio
 import sys
 from pathlib import Path
 

@@ -15,7 +15,7 @@ from loadweaver.control.compiler import compile_snapshot
 from loadweaver.control.snapshot import Snapshot, SnapshotHolder
 from loadweaver.observability.metrics import Metrics
 from loadweaver.pool.manager import PoolManager
-from loadweaver.proxy.listener import ConnectionRegistry, Listener, ProxyContext
+from loadweaver.proxy.listener import ConnectionRegistry, Listener, ListenError, ProxyContext
 from loadweaver.proxy.tls import TlsConfigError
 
 
@@ -118,7 +118,7 @@ class Node:
                 listener = Listener(self.context, spec, self.reuse_port)
                 try:
                     await listener.start()
-                except Exception as error:  # noqa: BLE001 - reported, the rest keeps serving
+                except (ListenError, OSError) as error:  # reported; the rest keeps serving
                     logger.error("{}", error)
                     continue
                 self.listeners[name] = listener

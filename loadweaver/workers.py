@@ -3,6 +3,7 @@
 The first worker also serves the admin API. The parent only forwards signals and waits.
 """
 
+import contextlib
 import os
 import signal
 import sys
@@ -28,10 +29,8 @@ def run_workers(count: int, serve: Callable[[int], int]) -> int:
 
     def forward(signum: int, _: object) -> None:
         for pid in children:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
-            except ProcessLookupError:
-                pass
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, forward)

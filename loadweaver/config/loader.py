@@ -1,7 +1,7 @@
 """Loads a Config from YAML, overlays `LOADWEAVER_*` environment variables, and explains failures.
 
-Precedence, lowest first: built-in defaults, the YAML file, `config.<LOADWEAVER_ENV>.yaml` beside it,
-a `.env` file in the working directory, then the process environment.
+Precedence, lowest first: built-in defaults, the YAML file, `config.<LOADWEAVER_ENV>.yaml`
+beside it, a `.env` file in the working directory, then the process environment.
 """
 
 import os
@@ -73,7 +73,9 @@ def load_default_config() -> Config:
     data: dict[str, Any] = {
         "listeners": [{"name": "web", "bind": "127.0.0.1:8080"}],
         "pools": {"default": {"backends": []}},
-        "routes": [{"name": "default", "match": {"host": "*", "path_prefix": "/"}, "pool": "default"}],
+        "routes": [
+            {"name": "default", "match": {"host": "*", "path_prefix": "/"}, "pool": "default"}
+        ],
     }
     return build_config(data, "<built-in default>")
 

@@ -1,4 +1,7 @@
-"""The configuration schema. Field names are part of the promised interface: extend, never rename."""
+"""The configuration schema.
+
+Field names are part of the promised interface: extend them, never rename them.
+"""
 
 import ipaddress
 import os
@@ -117,7 +120,7 @@ class RouteMatch(Strict):
     @field_validator("host")
     @classmethod
     def _valid_host(cls, value: str) -> str:
-        if value == "*" or value.startswith("*.") and "*" not in value[2:]:
+        if value == "*" or (value.startswith("*.") and "*" not in value[2:]):
             return value.lower()
         if "*" in value:
             raise ValueError("a wildcard host must look like *.example.com, or be * alone")

@@ -30,7 +30,8 @@ def parse_duration(value: object) -> float:
         seconds = float(match.group(1)) * _DURATION_SCALE[match.group(2)]
     else:
         raise ValueError(
-            f"invalid duration {value!r}: use a number of seconds or a string like 500ms, 10s, 2m, 1h"
+            f"invalid duration {value!r}: "
+            "use a number of seconds or a string like 500ms, 10s, 2m, 1h"
         )
     if seconds < 0:
         raise ValueError("a duration cannot be negative")
@@ -47,7 +48,9 @@ def parse_size(value: object) -> int:
         unit = (match.group(2) or "b").lower()
         size = int(match.group(1)) * _SIZE_SCALE[unit]
     else:
-        raise ValueError(f"invalid size {value!r}: use a number of bytes or a string like 64KiB, 10MB")
+        raise ValueError(
+            f"invalid size {value!r}: use a number of bytes or a string like 64KiB, 10MB"
+        )
     if size < 0:
         raise ValueError("a size cannot be negative")
     return size

@@ -40,11 +40,15 @@ def _sweep_interval(config: Config) -> float:
     timeouts = [
         value
         for listener in config.listeners
-        for value in (listener.timeouts.request_header, listener.timeouts.idle,
-                      listener.timeouts.tunnel_idle)
+        for value in (
+            listener.timeouts.request_header,
+            listener.timeouts.idle,
+            listener.timeouts.tunnel_idle,
+        )
     ]
     timeouts += [
-        value for pool in config.pools.values()
+        value
+        for pool in config.pools.values()
         for value in (pool.timeouts.response, pool.timeouts.total)
     ]
     positive = [value for value in timeouts if value > 0]

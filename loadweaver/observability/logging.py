@@ -7,9 +7,7 @@ from loguru import logger
 
 from loadweaver.config.models import LoggingConfig
 
-TEXT_FORMAT = (
-    "{time:YYYY-MM-DD HH:mm:ss.SSS} | {level: <7} | {extra[node]} | {message}"
-)
+TEXT_FORMAT = "{time:YYYY-MM-DD HH:mm:ss.SSS} | {level: <7} | {extra[node]} | {message}"
 
 
 class _InterceptHandler(logging.Handler):

@@ -70,6 +70,8 @@ class Metrics:
             "loadweaver_client_connections", "Open client connections.", registry=self.registry
         )
         self.config_reloads = Counter(
-            "loadweaver_config_reloads", "Config reloads by result.", ["result"],
+            "loadweaver_config_reloads",
+            "Config reloads by result.",
+            ["result"],
             registry=self.registry,
         )

@@ -1,7 +1,7 @@
 """One upstream TCP (or TLS) connection; while lent out, it forwards its events to a handler."""
 
 import asyncio
-from typing import TYPE_CHECKING, cast, Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 if TYPE_CHECKING:
     from loadweaver.pool.pool import UpstreamPool

@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, cast
 import httptools
 from loguru import logger
 
+from loadweaver.balancing.base import PickContext
 from loadweaver.control.snapshot import ListenerSpec
 from loadweaver.observability.metrics import Metrics
 from loadweaver.pool.connection import UpstreamConnection
 from loadweaver.proxy import replies
 from loadweaver.proxy.exchange import Exchange
-from loadweaver.balancing.base import PickContext
 from loadweaver.proxy.headers import (
     REQUEST_SPECIAL,
     Header,
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from loadweaver.proxy.listener import ProxyContext
 
 PIPELINE_DEPTH = 16  # queued requests per connection before reads pause
+HELD_TUNNEL_BYTES = 256 * 1024  # bytes sent after an upgrade request, held until the 101
 HEAD_SLACK = 4096
 
 
@@ -213,11 +214,19 @@ class ClientConnection(asyncio.Protocol):
         request = _parsed_request(self.parser, self.url, self.headers, self.special)
         self.metrics.counts.requests += 1
         exchange = Exchange(self, request)
+        if not request.has_body and not request.upgrade:
+            # Complete already: a reply sent during start() may keep the connection.
+            exchange.request_complete = True
         problem = exchange.prepare(self.context.holder.current)
         item: Item = exchange if problem is None else LocalReplyItem(self, problem)
         if problem is not None:
-            logger.info("{} {} from {}: {}", problem.status, problem.reason, self.client_ip,
-                        request.target[:200])
+            logger.info(
+                "{} {} from {}: {}",
+                problem.status,
+                problem.reason,
+                self.client_ip,
+                request.target[:200],
+            )
         self.parsing = item
         self.queue.append(item)
         if len(self.queue) == 1:
@@ -249,6 +258,10 @@ class ClientConnection(asyncio.Protocol):
         if not queue or queue[0] is not item:
             return
         queue.popleft()
+        # Pauses taken on behalf of that exchange end with it.
+        if self.read_pauses:
+            self.resume_reading("upstream")
+            self.resume_reading("buffer")
         if not keep_alive or self.closing:
             self.close()
             return
@@ -272,6 +285,7 @@ class ClientConnection(asyncio.Protocol):
         tunnel = Tunnel(self, upstream, self.listener.tunnel_idle_timeout)
         self.tunnel = tunnel
         self.deadline = 0.0
+        self.resume_reading("tunnel")
         if first_bytes:
             self.write(first_bytes)
         for data in held or ():
@@ -295,6 +309,8 @@ class ClientConnection(asyncio.Protocol):
             if item.tunnel_data is None:
                 item.tunnel_data = []
             item.tunnel_data.append(data)
+            if sum(map(len, item.tunnel_data)) > HELD_TUNNEL_BYTES:
+                self.pause_reading("tunnel")
 
     # ---- flow control ----
 

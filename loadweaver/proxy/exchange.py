@@ -4,7 +4,6 @@ Callbacks never await. Connecting is the one slow path that runs as a task; ever
 driven by the client connection (request bytes) and the upstream connection (response bytes).
 """
 
-import asyncio
 import re
 from typing import TYPE_CHECKING
 
@@ -136,8 +135,12 @@ class Exchange:
             block = client.forwarding_block(host)
         target = request.target
         lines = [
-            request.method, b" ", target if target[:1] == b"/" else _origin_form(target),
-            b" HTTP/1.1\r\nHost: ", host, b"\r\n",
+            request.method,
+            b" ",
+            target if target[:1] == b"/" else _origin_form(target),
+            b" HTTP/1.1\r\nHost: ",
+            host,
+            b"\r\n",
         ]
         if headers:
             lines += (b"\r\n".join(map(b": ".join, headers)), b"\r\n")
@@ -159,6 +162,8 @@ class Exchange:
         now = self.client.loop.time()
         if pool.total_timeout:
             self.total_deadline = now + pool.total_timeout
+        # Until a connection is attached, this bounds the wait for a free slot in the pool.
+        self.deadline = now + pool.response_timeout
         picked = pool.strategy.pick(self.client.pick_context)
         if isinstance(picked, NoBackend):
             self.fail(replies.no_backend(picked.reason))
@@ -195,7 +200,9 @@ class Exchange:
             )
         logger.warning(
             "upstream connect to {} ({}) failed: {}",
-            backend, backend.address.authority, error.detail,
+            backend,
+            backend.address.authority,
+            error.detail,
         )
         self.fail(reply)
 
@@ -212,6 +219,8 @@ class Exchange:
         transport = connection.transport
         assert transport is not None
         transport.write(self.head + b"".join(pending) if pending else self.head)
+        if self.client.write_paused:
+            transport.pause_reading()
         if self.replay is not None:
             self.replay.insert(0, self.head)
         if self.pending_size > BUFFER_HIGH_WATER:
@@ -347,7 +356,9 @@ class Exchange:
         head = status_line(status)
         if status == 101:
             return b"%s%sConnection: Upgrade\r\nUpgrade: %s\r\n\r\n" % (
-                head, b"".join(lines), joined(upgrade)
+                head,
+                b"".join(lines),
+                joined(upgrade),
             )
         keep_alive = request.keep_alive and not self.client.closing and not request.upgrade
         extra = b""
@@ -381,6 +392,8 @@ class Exchange:
         self.finished = True
         connection, self.upstream = self.upstream, None
         if connection is not None:
+            if self.client.write_paused and connection.transport is not None:
+                connection.transport.resume_reading()  # paused for this client only
             reusable = (
                 self.request_complete
                 and self.response_framing != CLOSE
@@ -419,9 +432,7 @@ class Exchange:
             return
         self.client.metrics.upstream_errors.labels("reset_before_response").inc()
         logger.warning("backend {} closed the connection before responding", self.backend)
-        self.fail(
-            replies.bad_gateway("upstream_reset", "The backend closed the connection early.")
-        )
+        self.fail(replies.bad_gateway("upstream_reset", "The backend closed the connection early."))
 
     def _retry_fresh(self, backend: Backend) -> None:
         """The stale keep-alive race: the backend closed an idle connection as we reused it."""
@@ -460,6 +471,11 @@ class Exchange:
             logger.warning("request to {} exceeded its total time", self.backend)
             self._time_out(replies.TOTAL_TIMEOUT)
         elif self.deadline and now >= self.deadline and not self.response_started:
+            if self.upstream is None:
+                self.client.metrics.timeouts.labels("queue").inc()
+                logger.warning("no connection to {} became free in time", self.backend)
+                self._time_out(replies.QUEUE_TIMEOUT)
+                return
             self.client.metrics.timeouts.labels("response").inc()
             logger.warning("backend {} did not answer in time", self.backend)
             self._time_out(replies.UPSTREAM_TIMEOUT)
@@ -489,7 +505,9 @@ class Exchange:
             return
         self.client.metrics.local_replies.labels(reply.status, reply.reason).inc()
         keep_alive = (
-            not reply.close and self.request_complete and self.request.keep_alive
+            not reply.close
+            and self.request_complete
+            and self.request.keep_alive
             and not self.request.upgrade
         )
         self.client.metrics.counts.by_class[reply.status // 100] += 1
@@ -534,9 +552,7 @@ class Exchange:
         self.client.start_tunnel(connection, first_bytes, self.tunnel_data)
 
 
-def _forwarding_block(
-    client_ip: str, tls: bool, host: bytes, received: list[Header]
-) -> bytes:
+def _forwarding_block(client_ip: str, tls: bool, host: bytes, received: list[Header]) -> bytes:
     """Forwarding headers for a trusted peer: its chain is extended, its proto and host kept."""
     scheme = b"https" if tls else b"http"
     chain = [value for name, value in received if name == b"x-forwarded-for"]
@@ -575,7 +591,9 @@ def _request_host(request: ParsedRequest) -> tuple[bytes, LocalReply | None]:
 
 
 # Host values made only of these characters are safe to route on and forward as they are.
-_PLAIN_HOST = re.compile(rb"[A-Za-z0-9.\-]+(?::[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](?::[0-9]{1,5})?").fullmatch
+_PLAIN_HOST = re.compile(
+    rb"[A-Za-z0-9.\-]+(?::[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](?::[0-9]{1,5})?"
+).fullmatch
 
 
 def _host_without_port(host: bytes) -> str:

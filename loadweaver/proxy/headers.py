@@ -10,14 +10,18 @@ Header = tuple[bytes, bytes]
 HOP_BY_HOP = frozenset(
     (b"connection", b"keep-alive", b"proxy-connection", b"te", b"transfer-encoding", b"upgrade")
 )
-FORWARDING = frozenset((b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"))
+FORWARDING = frozenset(
+    (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded")
+)
 # Request headers the proxy re-renders itself rather than copying.
 REQUEST_SPECIAL = HOP_BY_HOP | FORWARDING | {b"host", b"content-length"}
 # A client may name these in Connection, but dropping them would change the request's meaning.
 NEVER_DROPPED = frozenset((b"host", b"content-length"))
 
 
-PLAIN_CONNECTION = frozenset((b"keep-alive", b"close", b"Keep-Alive", b"Close", b"upgrade", b"Upgrade"))
+PLAIN_CONNECTION = frozenset(
+    (b"keep-alive", b"close", b"Keep-Alive", b"Close", b"upgrade", b"Upgrade")
+)
 
 
 def names_extra_headers(values: Sequence[bytes]) -> bool:
@@ -32,8 +36,8 @@ def connection_tokens(values: Iterable[bytes]) -> frozenset[bytes]:
     """The header names listed in Connection headers, lower-case; `close`, `upgrade` included."""
     tokens = set()
     for value in values:
-        for token in value.split(b","):
-            token = token.strip().lower()
+        for raw in value.split(b","):
+            token = raw.strip().lower()
             if token:
                 tokens.add(token)
     return frozenset(tokens - NEVER_DROPPED)
@@ -58,8 +62,9 @@ def joined(values: Sequence[bytes]) -> bytes:
 
 
 def render_forwarding(chain: bytes, proto: bytes, host: bytes, forwarded: bytes) -> bytes:
-    return b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nX-Forwarded-Host: %s\r\nForwarded: %s\r\n" % (
-        chain, proto, host, forwarded
+    return (
+        b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nX-Forwarded-Host: %s\r\nForwarded: %s\r\n"
+        % (chain, proto, host, forwarded)
     )
 
 

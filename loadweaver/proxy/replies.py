@@ -1,4 +1,4 @@
-"""Responses the proxy writes itself: a status, a short plain-text body, and a reason for metrics."""
+"""Responses the proxy writes itself: a status, a short plain-text body, a reason for metrics."""
 
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -35,9 +35,7 @@ def bad_request(reason: str, message: str) -> LocalReply:
 
 
 URL_TOO_LONG = LocalReply(414, "url_too_long", "The request URL is too long.")
-HEADERS_TOO_LARGE = LocalReply(
-    431, "headers_too_large", "The request header block is too large."
-)
+HEADERS_TOO_LARGE = LocalReply(431, "headers_too_large", "The request header block is too large.")
 BODY_TOO_LARGE = LocalReply(413, "body_too_large", "The request body is too large.")
 HEADER_TIMEOUT = LocalReply(
     408, "request_header_timeout", "The request headers did not arrive in time."
@@ -46,12 +44,17 @@ NO_ROUTE = LocalReply(404, "no_route", "No route matches this request.", close=F
 NOT_IMPLEMENTED_TE = LocalReply(
     501, "unsupported_transfer_encoding", "Only the chunked transfer-coding is supported."
 )
-CONNECT_REJECTED = LocalReply(
-    405, "connect_not_allowed", "CONNECT is not supported by this proxy."
+CONNECT_REJECTED = LocalReply(405, "connect_not_allowed", "CONNECT is not supported by this proxy.")
+UPSTREAM_TIMEOUT = LocalReply(
+    504, "upstream_response_timeout", "The backend did not answer in time."
 )
-UPSTREAM_TIMEOUT = LocalReply(504, "upstream_response_timeout", "The backend did not answer in time.")
 TOTAL_TIMEOUT = LocalReply(504, "request_timeout", "The request took longer than allowed.")
-CONNECT_TIMEOUT = LocalReply(504, "upstream_connect_timeout", "The backend could not be reached in time.")
+QUEUE_TIMEOUT = LocalReply(
+    503, "upstream_queue_timeout", "No connection to the backend became free in time."
+)
+CONNECT_TIMEOUT = LocalReply(
+    504, "upstream_connect_timeout", "The backend could not be reached in time."
+)
 
 
 def no_backend(message: str) -> LocalReply:

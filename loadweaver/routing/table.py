@@ -71,15 +71,13 @@ class RouteTable:
                     return route
             return None
         group = self._exact.get(host)
-        if group:
-            route = _first_accepting(group, path, method, headers)
-            if route:
-                return route
+        if group and (found := _first_accepting(group, path, method, headers)):
+            return found
         for suffix, group in self._wildcards:
             if host.endswith(suffix) and len(host) > len(suffix):
-                route = _first_accepting(group, path, method, headers)
-                if route:
-                    return route
+                found = _first_accepting(group, path, method, headers)
+                if found:
+                    return found
         return _first_accepting(self._catch_all, path, method, headers)
 
 

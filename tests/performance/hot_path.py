@@ -1,0 +1,89 @@
+"""Per-request CPU cost of the data plane, without sockets.
+
+Drives one ClientConnection and one pooled UpstreamConnection with in-memory transports, so the
+figure is the Python work per proxied request alone. Run it under callgrind for an instruction
+count that does not depend on machine noise:
+
+    python -m tests.performance.hot_path 20000
+    valgrind --tool=callgrind python -m tests.performance.hot_path 2000   # and 6000: diff / 4000
+"""
+
+import asyncio
+import sys
+import time
+
+import uvloop
+
+from loadweaver.config.loader import build_config
+from loadweaver.control.compiler import compile_snapshot
+from loadweaver.control.snapshot import SnapshotHolder
+from loadweaver.observability.metrics import Metrics
+from loadweaver.pool.connection import UpstreamConnection
+from loadweaver.pool.manager import PoolManager
+from loadweaver.proxy.client import ClientConnection
+from loadweaver.proxy.listener import ConnectionRegistry, ProxyContext
+
+REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:18080\r\n\r\n"
+RESPONSE = (
+    b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Thu, 26 Nov 2026 18:31:24 GMT\r\n"
+    b"Content-Type: text/plain\r\nContent-Length: 13\r\nConnection: keep-alive\r\n\r\n"
+    b"hello from a\n"
+)
+
+
+class MemoryTransport:
+    """Just enough of asyncio.Transport for the hot path."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return ("127.0.0.1", 50000) if name == "peername" else default
+
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+    def close(self) -> None: ...
+    def abort(self) -> None: ...
+
+
+async def measure(requests: int) -> tuple[float, bytes, bytes]:
+    loop = asyncio.get_running_loop()
+    config = build_config(
+        {
+            "listeners": [{"name": "web", "bind": "127.0.0.1:18080"}],
+            "pools": {"app": {"backends": [{"name": "a", "url": "http://127.0.0.1:9001"}]}},
+            "routes": [{"name": "default", "pool": "app"}],
+        },
+        "hot_path",
+    )
+    pools = PoolManager(loop)
+    holder = SnapshotHolder(compile_snapshot(config, 1, pools))
+    context = ProxyContext(loop, holder, Metrics(), ConnectionRegistry(loop, holder))
+    backend = holder.current.pools["app"].backends[0]
+    upstream = UpstreamConnection(backend.connections)
+    upstream_transport = MemoryTransport()
+    upstream.connection_made(upstream_transport)  # type: ignore[arg-type]
+    backend.connections.open_connections = 1
+    backend.connections.release(upstream, reusable=True)
+    client = ClientConnection(context, holder.current.listeners["web"])
+    client_transport = MemoryTransport()
+    client.connection_made(client_transport)  # type: ignore[arg-type]
+    started = time.perf_counter()
+    for _ in range(requests):
+        client.data_received(REQUEST)
+        upstream.data_received(RESPONSE)
+    elapsed = time.perf_counter() - started
+    return elapsed / requests, upstream_transport.written[-1], client_transport.written[-1]
+
+
+def main() -> None:
+    requests = int(sys.argv[1]) if len(sys.argv) > 1 else 20000
+    per_request, _, _ = uvloop.run(measure(requests))
+    print(f"{per_request * 1e6:.2f} µs of Python per proxied request ({requests} requests)")
+
+
+if __name__ == "__main__":
+    main()

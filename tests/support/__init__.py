@@ -1,0 +1,1 @@
+"""Shared test helpers: real loopback backends, raw clients and node fixtures."""
