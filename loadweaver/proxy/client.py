@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from loadweaver.proxy.listener import ProxyContext
 
 PIPELINE_DEPTH = 16  # queued requests per connection before reads pause
+LINGER_SECONDS = 2.0  # how long unread input is drained after an error reply
 HELD_TUNNEL_BYTES = 256 * 1024  # bytes sent after an upgrade request, held until the 101
 HEAD_SLACK = 4096
 
@@ -93,7 +94,8 @@ class ClientConnection(asyncio.Protocol):
         self.tunnel: Tunnel | None = None
         self.closing = False
         self.closed = False
-        self.stopped_reading = False
+        self.upgrading = False  # parsing stopped at an upgrade request; bytes wait for the 101
+        self.rejected = False  # a fatal error reply was queued; later input is dropped
         self.write_paused = False
         self.read_pauses: set[str] = set()
         self.deadline = 0.0
@@ -143,7 +145,9 @@ class ClientConnection(asyncio.Protocol):
         if self.tunnel is not None:
             self.tunnel.from_client(data)
             return
-        if self.stopped_reading:
+        if self.rejected:
+            return  # lingering after an error reply: input is read and dropped
+        if self.upgrading:
             self._hold_for_tunnel(data)
             return
         self.received_any = True
@@ -156,16 +160,21 @@ class ClientConnection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
-            self.stopped_reading = True
+            self.upgrading = True
             self._hold_for_tunnel(data[upgrade.args[0] :])
         except RequestRejectedError as rejected:
             self._reject(rejected.reply)
         except httptools.HttpParserError as error:
-            self._reject(_parse_error_reply(error))
+            # httptools wraps an exception raised in a callback; the original is its context.
+            cause = error.__context__
+            if isinstance(cause, RequestRejectedError):
+                self._reject(cause.reply)
+            else:
+                self._reject(_parse_error_reply(error))
 
     def eof_received(self) -> bool | None:
         # A half-closed client may still want its pending responses (HTTP/1.0 style).
-        if not self.queue:
+        if not self.queue or self.deadline_kind == "linger":
             return False
         self.closing = True
         return True
@@ -355,6 +364,9 @@ class ClientConnection(asyncio.Protocol):
     def _time_out(self) -> None:
         kind = self.deadline_kind
         self.deadline = 0.0
+        if kind == "linger":
+            self.abort()
+            return
         if kind == "request_header" and (self.received_any or self.in_head):
             self.metrics.timeouts.labels("request_header").inc()
             logger.info("request headers from {} timed out", self.client_ip)
@@ -365,7 +377,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _reject(self, reply: LocalReply) -> None:
         """A fatal request error: answer in order after earlier responses, then close."""
-        self.stopped_reading = True
+        self.rejected = True
         self.in_head = False
         if self.transport is not None:
             self.transport.pause_reading()
@@ -390,8 +402,31 @@ class ClientConnection(asyncio.Protocol):
             self.close()
 
     def close(self) -> None:
-        if self.transport is not None and not self.closed:
-            self.transport.close()
+        """Closes after pending writes; lingers when the client may still be sending."""
+        transport = self.transport
+        if transport is None or self.closed:
+            return
+        if (self.rejected or self.parsing is not None) and transport.can_write_eof():
+            self._linger(transport)
+        else:
+            transport.close()
+
+    def _linger(self, transport: asyncio.Transport) -> None:
+        """Like nginx's lingering close: a FIN now, then unread input is drained and dropped.
+
+        Closing a socket with unread data sends a reset, which can destroy the error reply
+        before the client reads it; draining for a moment lets the reply arrive.
+        """
+        self.rejected = True
+        self.parsing = None
+        for item in self.queue:
+            item.abandon()
+        self.queue.clear()
+        transport.write_eof()
+        self.read_pauses.clear()
+        transport.resume_reading()
+        self.deadline = self.loop.time() + LINGER_SECONDS
+        self.deadline_kind = "linger"
 
     def abort(self) -> None:
         if self.transport is not None and not self.closed:

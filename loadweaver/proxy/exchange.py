@@ -62,6 +62,7 @@ class Exchange:
     response_started = False
     response_framing = NONE
     response_done = False
+    upstream_until_close = False  # the backend's body ends when it closes the connection
     informational = False
     keep_client = True
     upstream_keep_alive = False
@@ -369,6 +370,7 @@ class Exchange:
         elif request.http11:
             self.response_framing = CHUNKED
             extra = b"Transfer-Encoding: chunked\r\n"
+            self.upstream_until_close = not chunked
         else:
             self.response_framing = CLOSE
             keep_alive = False
@@ -413,7 +415,9 @@ class Exchange:
         if self.finished:
             return
         if self.response_started:
-            if self.response_framing == CLOSE and error is None:
+            if error is None and (self.response_framing == CLOSE or self.upstream_until_close):
+                if self.response_framing == CHUNKED:
+                    self.client.write(b"0\r\n\r\n")
                 self._complete()
             else:
                 self.client.metrics.upstream_errors.labels("reset_during_response").inc()

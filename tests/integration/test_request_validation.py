@@ -1,0 +1,346 @@
+"""Requests the proxy must refuse itself: smuggling-prone framing, malformed heads, size limits,
+garbage, CONNECT, no route and no backend.
+
+Every rejection is checked the same way: the status, a short local body, the connection closed
+when it must be, the backend never received the request, and the local-reply counter went up.
+"""
+
+import asyncio
+import random
+from collections.abc import Collection
+from typing import Any
+
+import pytest
+
+from loadweaver.node import Node
+from tests.conftest import StartBackend, StartNode
+from tests.support.backend import Backend
+from tests.support.client import RawClient, RawResponse, get
+from tests.support.framing import local_replies, tls_client_hello
+from tests.support.nodes import listener_port, node_config
+
+SHORT_BODY = 200
+
+
+async def proxied(
+    backend_factory: StartBackend, node_factory: StartNode, **sections: Any
+) -> tuple[RawClient, Backend, Node]:
+    backend = await backend_factory()
+    config = node_config([backend.url], **sections)
+    node = await node_factory(config)
+    client = await RawClient.connect(listener_port(config))
+    return client, backend, node
+
+
+async def assert_rejected(
+    client: RawClient,
+    backend: Backend,
+    node: Node,
+    statuses: Collection[int],
+    *,
+    closes: bool = True,
+    reason: str | None = None,
+) -> RawResponse:
+    """The local reply arrived; the backend saw nothing; the counter moved."""
+    reply = await client.read_response(timeout=3)
+    assert reply.status in statuses, f"got {reply.status} {reply.body!r}"
+    assert 0 < len(reply.body) < SHORT_BODY
+    assert (reply.header("Content-Type") or "").startswith("text/plain")
+    if closes:
+        assert (reply.header("Connection") or "").lower() == "close"
+        assert await client.is_closed(), "the connection must be closed after the rejection"
+    assert backend.requests == [], "the backend received a rejected request"
+    counted = local_replies(node.metrics.registry, reply.status)
+    assert sum(counted.values()) == 1, f"local replies counted: {counted}"
+    if reason is not None:
+        assert counted.get(reason) == 1, f"local replies counted: {counted}"
+    return reply
+
+
+def post(headers: str, body: bytes = b"") -> bytes:
+    return b"POST /submit HTTP/1.1\r\nHost: example.test\r\n%s\r\n%s" % (headers.encode(), body)
+
+
+# ---- framing that enables request smuggling ----
+
+FRAMING_CASES: dict[str, tuple[bytes, set[int]]] = {
+    "length-and-chunked": (
+        post("Content-Length: 5\r\nTransfer-Encoding: chunked\r\n", b"0\r\n\r\n"),
+        {400},
+    ),
+    "chunked-and-length": (
+        post("Transfer-Encoding: chunked\r\nContent-Length: 5\r\n", b"0\r\n\r\n"),
+        {400},
+    ),
+    "duplicate-length": (post("Content-Length: 5\r\nContent-Length: 5\r\n", b"hello"), {400}),
+    "conflicting-length": (post("Content-Length: 5\r\nContent-Length: 6\r\n", b"hello!"), {400}),
+    "length-list": (post("Content-Length: 5, 5\r\n", b"hello"), {400}),
+    "te-gzip": (post("Transfer-Encoding: gzip\r\n", b"hello"), {400, 501}),
+    "te-chunked-gzip": (post("Transfer-Encoding: chunked, gzip\r\n", b"0\r\n\r\n"), {400, 501}),
+    "te-gzip-chunked": (post("Transfer-Encoding: gzip, chunked\r\n", b"0\r\n\r\n"), {400, 501}),
+    "te-unknown": (post("Transfer-Encoding: frobnicate\r\n", b"hello"), {400, 501}),
+    "te-twice": (
+        post("Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n", b"0\r\n\r\n"),
+        {400, 501},
+    ),
+    "bad-chunk-size": (post("Transfer-Encoding: chunked\r\n", b"zz\r\nhello\r\n0\r\n\r\n"), {400}),
+    "negative-length": (post("Content-Length: -1\r\n", b"hello"), {400}),
+    "non-numeric-length": (post("Content-Length: abc\r\n", b"hello"), {400}),
+    "trailing-junk-length": (post("Content-Length: 5x\r\n", b"hello"), {400}),
+}
+
+
+@pytest.mark.parametrize("case", list(FRAMING_CASES), ids=list(FRAMING_CASES))
+async def test_ambiguous_framing_is_rejected(
+    backend_factory: StartBackend, node_factory: StartNode, case: str
+) -> None:
+    wire, statuses = FRAMING_CASES[case]
+    client, backend, node = await proxied(backend_factory, node_factory)
+    await client.send(wire)
+    await assert_rejected(client, backend, node, statuses)
+
+
+# ---- malformed heads ----
+
+HEAD_CASES: dict[str, tuple[bytes, str | None]] = {
+    "obs-fold": (b"GET / HTTP/1.1\r\nHost: example.test\r\nX-Folded: one\r\n  two\r\n\r\n", None),
+    "space-before-colon": (b"GET / HTTP/1.1\r\nHost : example.test\r\n\r\n", None),
+    "bare-lf": (b"GET / HTTP/1.1\nHost: example.test\n\n", None),
+    "bare-lf-in-headers": (b"GET / HTTP/1.1\r\nHost: example.test\nX-A: 1\r\n\r\n", None),
+    "nul-in-value": (b"GET / HTTP/1.1\r\nHost: example.test\r\nX-A: a\x00b\r\n\r\n", None),
+    # The proxy's own checks, with their own metric reasons:
+    "missing-host": (b"GET / HTTP/1.1\r\nX-A: 1\r\n\r\n", "missing_host"),
+    "two-hosts": (
+        b"GET / HTTP/1.1\r\nHost: example.test\r\nHost: other.test\r\n\r\n",
+        "multiple_hosts",
+    ),
+    "two-equal-hosts": (
+        b"GET / HTTP/1.1\r\nHost: example.test\r\nHost: example.test\r\n\r\n",
+        "multiple_hosts",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(HEAD_CASES), ids=list(HEAD_CASES))
+async def test_malformed_head_is_rejected(
+    backend_factory: StartBackend, node_factory: StartNode, case: str
+) -> None:
+    wire, reason = HEAD_CASES[case]
+    client, backend, node = await proxied(backend_factory, node_factory)
+    await client.send(wire)
+    await assert_rejected(client, backend, node, {400}, reason=reason)
+
+
+# ---- size limits ----
+
+
+async def test_header_block_over_limit_is_431(
+    backend_factory: StartBackend, node_factory: StartNode
+) -> None:
+    client, backend, node = await proxied(
+        backend_factory, node_factory, limits={"max_header_bytes": "4KiB"}
+    )
+    filler = "".join(f"X-Fill-{index}: {'v' * 500}\r\n" for index in range(16))  # ~8 KiB
+    await client.send(get("/", extra=filler))
+    await assert_rejected(client, backend, node, {431}, reason="headers_too_large")
+
+
+async def test_header_block_under_limit_passes(
+    backend_factory: StartBackend, node_factory: StartNode
+) -> None:
+    client, backend, _ = await proxied(
+        backend_factory, node_factory, limits={"max_header_bytes": "4KiB"}
+    )
+    filler = "".join(f"X-Fill-{index}: {'v' * 500}\r\n" for index in range(4))  # ~2 KiB
+    await client.send(get("/", extra=filler))
+    assert (await client.read_response()).status == 200
+    assert len(backend.requests) == 1
+    await client.close()
+
+
+async def test_too_many_headers_is_431(
+    backend_factory: StartBackend, node_factory: StartNode
+) -> None:
+    client, backend, node = await proxied(backend_factory, node_factory, limits={"max_headers": 10})
+    await client.send(get("/", extra="".join(f"X-H{index}: {index}\r\n" for index in range(20))))
+    await assert_rejected(client, backend, node, {431}, reason="headers_too_large")
+
+
+async def test_huge_header_in_many_writes_is_431_early(
+    backend_factory: StartBackend, node_factory: StartNode
+) -> None:
+    """One header value that never ends: the proxy must answer long before it is all sent."""
+    client, backend, node = await proxied(
+        backend_factory, node_factory, limits={"max_header_bytes": "4KiB"}
+    )
+    piece = b"a" * 1024
+    ceiling = 1024  # 1 MiB at most
+    sent = 0
+    answered = asyncio.ensure_future(client.reader.readuntil(b"\r\n\r\n"))
+    await client.send(b"GET / HTTP/1.1\r\nHost: example.test\r\nX-Huge: ")
+    try:
+        for _ in range(ceiling):
+            if answered.done():
+                break
+            await client.send(piece)
+            sent += 1
+            await asyncio.sleep(0.001)
+    except ConnectionError:
+        pass  # the proxy closed while we were still sending
+    await asyncio.wait([answered], timeout=3)
+    assert answered.done(), "no answer to a never-ending header"
+    head = answered.result()
+    assert head.split(b" ", 2)[1] == b"431"
+    assert sent < 128, f"the proxy read {sent} KiB of one header before answering"
+    assert backend.requests == []
+    assert sum(local_replies(node.metrics.registry, 431).values()) == 1
+
+
+async def test_url_over_limit_is_414(
+    backend_factory: StartBackend, node_factory: StartNode
+) -> None:
+    client, backend, node = await proxied(
+        backend_factory, node_factory, limits={"max_url_bytes": "1KiB"}
+    )
+    await client.send(get("/" + "u" * 2048))
+    await assert_rejected(client, backend, node, {414}, reason="url_too_long")
+
+
+async def test_body_over_limit_with_content_length_is_413(
+    backend_factory: StartBackend, node_factory: StartNode
+) -> None:
+    client, backend, node = await proxied(
+        backend_factory, node_factory, limits={"max_request_body_bytes": 1000}
+    )
+    await client.send(post("Content-Length: 5000\r\n", b"b" * 5000))
+    await assert_rejected(client, backend, node, {413}, reason="body_too_large")
+
+
+async def test_body_at_limit_passes(backend_factory: StartBackend, node_factory: StartNode) -> None:
+    client, backend, _ = await proxied(
+        backend_factory, node_factory, limits={"max_request_body_bytes": 1000}
+    )
+    await client.send(post("Content-Length: 1000\r\n", b"b" * 1000))
+    assert (await client.read_response()).status == 200
+    assert len(backend.requests[0].body) == 1000
+    await client.close()
+
+
+async def test_chunked_body_over_limit_is_413(
+    backend_factory: StartBackend, node_factory: StartNode
+) -> None:
+    client, backend, node = await proxied(
+        backend_factory, node_factory, limits={"max_request_body_bytes": 1000}
+    )
+    chunks = b"".join(b"1f4\r\n" + b"c" * 500 + b"\r\n" for _ in range(10)) + b"0\r\n\r\n"
+    await client.send(post("Transfer-Encoding: chunked\r\n", chunks))
+    await assert_rejected(client, backend, node, {413}, reason="body_too_large")
+
+
+# ---- not HTTP at all ----
+
+GARBAGE_CASES: dict[str, bytes] = {
+    "random-bytes": random.Random(20240611).randbytes(600) + b"\r\n\r\n",
+    "text": b"HELLO THERE, IS THIS A WEB SERVER?\r\n\r\n",
+    "tls-client-hello": tls_client_hello(),
+}
+
+
+@pytest.mark.parametrize("case", list(GARBAGE_CASES), ids=list(GARBAGE_CASES))
+async def test_garbage_is_400_and_closed(
+    backend_factory: StartBackend, node_factory: StartNode, case: str
+) -> None:
+    client, backend, node = await proxied(backend_factory, node_factory)
+    await client.send(GARBAGE_CASES[case])
+    await assert_rejected(client, backend, node, {400})
+
+
+async def test_connect_method_is_405(
+    backend_factory: StartBackend, node_factory: StartNode
+) -> None:
+    client, backend, node = await proxied(backend_factory, node_factory)
+    await client.send(b"CONNECT example.test:443 HTTP/1.1\r\nHost: example.test:443\r\n\r\n")
+    await assert_rejected(client, backend, node, {405}, reason="connect_not_allowed")
+
+
+# ---- ordering with pipelining ----
+
+
+async def test_valid_request_before_malformed_one_is_answered_first(
+    backend_factory: StartBackend, node_factory: StartNode
+) -> None:
+    client, backend, node = await proxied(backend_factory, node_factory)
+    await client.send(get("/valid") + b"GET /bad HTTP/1.1\r\nHost : example.test\r\n\r\n")
+    first = await client.read_response()
+    assert first.status == 200
+    assert first.body.startswith(b"GET /valid ")
+    second = await client.read_response()
+    assert second.status == 400
+    assert 0 < len(second.body) < SHORT_BODY
+    assert (second.header("Connection") or "").lower() == "close"
+    assert await client.is_closed()
+    assert [request.target for request in backend.requests] == ["/valid"]
+    assert sum(local_replies(node.metrics.registry, 400).values()) == 1
+
+
+# ---- no route, no backend ----
+
+
+async def test_no_route_is_404_and_connection_stays_usable(
+    backend_factory: StartBackend, node_factory: StartNode
+) -> None:
+    backend = await backend_factory()
+    config = node_config(
+        [backend.url],
+        routes=[{"name": "a", "match": {"host": "a.test"}, "pool": "app"}],
+    )
+    node = await node_factory(config)
+    client = await RawClient.connect(listener_port(config))
+    await client.send(get("/x", host="b.test"))
+    await assert_rejected(client, backend, node, {404}, closes=False, reason="no_route")
+    await client.send(get("/y", host="a.test"))
+    reply = await client.read_response()
+    assert reply.status == 200
+    assert [request.target for request in backend.requests] == ["/y"]
+    await client.close()
+
+
+async def test_no_route_with_body_is_404(
+    backend_factory: StartBackend, node_factory: StartNode
+) -> None:
+    backend = await backend_factory()
+    config = node_config(
+        [backend.url],
+        routes=[{"name": "a", "match": {"host": "a.test"}, "pool": "app"}],
+    )
+    node = await node_factory(config)
+    client = await RawClient.connect(listener_port(config))
+    await client.send(
+        b"POST /x HTTP/1.1\r\nHost: b.test\r\nContent-Length: 5\r\n\r\nhello"
+        + get("/y", host="a.test")
+    )
+    reply = await client.read_response()
+    assert reply.status == 404
+    # The body was read (or the connection closed): the next request must not be parsed from it.
+    if (reply.header("Connection") or "").lower() != "close":
+        follow = await client.read_response()
+        assert follow.status == 200
+        assert [request.target for request in backend.requests] == ["/y"]
+    else:
+        assert await client.is_closed()
+        assert backend.requests == []
+    assert sum(local_replies(node.metrics.registry, 404).values()) == 1
+
+
+async def test_pool_without_backends_is_503(node_factory: StartNode) -> None:
+    config = node_config([])
+    node = await node_factory(config)
+    client = await RawClient.connect(listener_port(config))
+    for _ in range(2):  # the connection stays usable
+        await client.send(get("/"))
+        reply = await client.read_response()
+        assert reply.status == 503
+        assert b"no backends configured" in reply.body.lower()
+        assert len(reply.body) < SHORT_BODY
+    assert local_replies(node.metrics.registry, 503) == {"no_backend": 2}
+    await client.close()
