@@ -78,6 +78,14 @@ class UpstreamPool:
             self._waiters.append(waiter)
             try:
                 handed = await waiter
+            except asyncio.CancelledError:
+                # Cancelled after release() or forget() already chose this waiter: pass it on.
+                if waiter.done() and not waiter.cancelled():
+                    if (unused := waiter.result()) is not None:
+                        self.release(unused, reusable=True)
+                    elif (following := self._next_waiter()) is not None:
+                        following.set_result(None)
+                raise
             finally:
                 if waiter in self._waiters:
                     self._waiters.remove(waiter)
@@ -143,6 +151,8 @@ class UpstreamPool:
             self.open_connections -= 1
             if (waiter := self._next_waiter()) is not None:
                 waiter.set_result(None)
+            if isinstance(error, asyncio.CancelledError):
+                raise
             raise _connect_error(error) from error
         connection.requests = 1
         return connection
@@ -168,9 +178,7 @@ class UpstreamPool:
             self._arm_cleanup(idle[0].idle_since - deadline)
 
 
-def _connect_error(error: BaseException) -> BaseException:
-    if isinstance(error, asyncio.CancelledError):
-        return error
+def _connect_error(error: BaseException) -> UpstreamConnectError:
     if isinstance(error, TimeoutError):
         return UpstreamConnectError("timeout", "connect timed out")
     if isinstance(error, ConnectionRefusedError):

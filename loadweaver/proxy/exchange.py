@@ -85,7 +85,7 @@ class Exchange:
         request = self.request
         target = request.target
         host = request.host
-        if target[:1] == b"/" and host and _PLAIN_HOST(host):
+        if target[:1] == b"/" and host and host[:1] != b"[" and _PLAIN_HOST(host):
             # The common case, inlined: origin-form target and a well-formed Host.
             path = target.partition(b"?")[0].decode("latin-1")
             hostname = host.partition(b":")[0].lower().decode("latin-1")
@@ -103,7 +103,9 @@ class Exchange:
         self.max_body = limits.max_body_bytes
         if request.content_length is not None and request.content_length > limits.max_body_bytes:
             return replies.BODY_TOO_LARGE
-        route = snapshot.routes.match(hostname, path, request.method.decode(), request.headers)
+        route = snapshot.routes.match(
+            hostname, path, request.method.decode(), request.headers, request.special
+        )
         if route is None:
             return replies.NO_ROUTE if not request.has_body else _closing(replies.NO_ROUTE)
         self.pool = snapshot.pools[route.pool]

@@ -23,12 +23,16 @@ class CompiledRoute:
         """Matches on host and path prefix alone."""
         return not self.methods and not self.headers
 
-    def accepts(self, path: str, method: str, headers: Headers) -> bool:
+    def accepts(self, path: str, method: str, headers: Headers, special: Headers = ()) -> bool:
+        """`special` holds the headers the proxy re-renders (Host, Upgrade...), lower-cased."""
         if not path.startswith(self.path_prefix):
             return False
         if self.methods and method not in self.methods:
             return False
-        return all(_has_header(headers, name, value) for name, value in self.headers)
+        return all(
+            _has_header(headers, name, value) or _has_header(special, name, value)
+            for name, value in self.headers
+        )
 
     @property
     def sort_key(self) -> tuple[int, int, int]:
@@ -63,28 +67,32 @@ class RouteTable:
         )
         self._only_catch_all = not self._exact and not self._wildcards
 
-    def match(self, host: str, path: str, method: str, headers: Headers) -> CompiledRoute | None:
+    def match(
+        self, host: str, path: str, method: str, headers: Headers, special: Headers = ()
+    ) -> CompiledRoute | None:
         """The most specific route for a request; `host` is lower-case without a port."""
         if self._only_catch_all:
             for prefix, plain, route in self._catch_all:
-                if path.startswith(prefix) and (plain or route.accepts(path, method, headers)):
+                if path.startswith(prefix) and (
+                    plain or route.accepts(path, method, headers, special)
+                ):
                     return route
             return None
         group = self._exact.get(host)
-        if group and (found := _first_accepting(group, path, method, headers)):
+        if group and (found := _first_accepting(group, path, method, headers, special)):
             return found
         for suffix, group in self._wildcards:
             if host.endswith(suffix) and len(host) > len(suffix):
-                found = _first_accepting(group, path, method, headers)
+                found = _first_accepting(group, path, method, headers, special)
                 if found:
                     return found
-        return _first_accepting(self._catch_all, path, method, headers)
+        return _first_accepting(self._catch_all, path, method, headers, special)
 
 
 def _first_accepting(
-    group: Sequence[tuple[str, bool, CompiledRoute]], path: str, method: str, headers: Headers
+    group: Sequence[Entry], path: str, method: str, headers: Headers, special: Headers
 ) -> CompiledRoute | None:
     for prefix, plain, route in group:
-        if path.startswith(prefix) and (plain or route.accepts(path, method, headers)):
+        if path.startswith(prefix) and (plain or route.accepts(path, method, headers, special)):
             return route
     return None

@@ -1,0 +1,514 @@
+"""UpstreamPool against a real loopback TCP server: bookkeeping, limits, waiters and expiry."""
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from loadweaver.config.addresses import UpstreamAddress
+from loadweaver.pool.connection import UpstreamConnection
+from loadweaver.pool.pool import PoolSettings, UpstreamConnectError, UpstreamPool
+from tests.support.ports import closed_port
+from tests.support.upstream import blackhole_port
+
+
+@dataclass
+class TcpServer:
+    """Accepts connections and holds them open until the peer closes; counts both."""
+
+    accepted: int = 0
+    open: int = 0
+    port: int = 0
+    writers: list[asyncio.StreamWriter] = field(default_factory=list)
+    closed_by_peer: list[int] = field(default_factory=list)
+    _server: asyncio.Server | None = None
+
+    async def start(self) -> "TcpServer":
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        self.open += 1
+        index = self.accepted
+        self.writers.append(writer)
+        try:
+            while await reader.read(4096):
+                pass
+        except ConnectionError:
+            pass
+        finally:
+            self.open -= 1
+            self.closed_by_peer.append(index)
+            writer.close()
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for writer in self.writers:
+                writer.close()
+            await self._server.wait_closed()
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[TcpServer]:
+    tcp = await TcpServer().start()
+    yield tcp
+    await tcp.stop()
+
+
+@pytest.fixture
+async def pools() -> AsyncIterator[list[UpstreamPool]]:
+    created: list[UpstreamPool] = []
+    yield created
+    for pool in created:
+        pool.close()
+
+
+def make_pool(pools: list[UpstreamPool], port: int, **settings: Any) -> UpstreamPool:
+    settings.setdefault("connect_timeout", 1.0)
+    pool = UpstreamPool(
+        UpstreamAddress("http", "127.0.0.1", port),
+        PoolSettings(**settings),
+        asyncio.get_running_loop(),
+    )
+    pools.append(pool)
+    return pool
+
+
+async def eventually(condition: Any, timeout: float = 2.0, message: str = "") -> None:
+    """Polls `condition()` every 10 ms; fails after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(message or "condition not reached in time")
+        await asyncio.sleep(0.01)
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+# ---- acquire / release / take_idle ----
+
+
+async def test_acquire_opens_and_release_keeps_it_idle(
+    server: TcpServer, pools: list[UpstreamPool]
+) -> None:
+    pool = make_pool(pools, server.port)
+    connection = await pool.acquire()
+    assert isinstance(connection, UpstreamConnection)
+    assert connection.requests == 1
+    assert not connection.reused
+    assert pool.open_connections == 1
+    assert pool.idle_count == 0
+    pool.release(connection, reusable=True)
+    assert pool.idle_count == 1
+    assert pool.open_connections == 1
+    assert not connection.closed
+
+
+async def test_take_idle_reuses_and_counts_requests(
+    server: TcpServer, pools: list[UpstreamPool]
+) -> None:
+    pool = make_pool(pools, server.port)
+    assert pool.take_idle() is None
+    connection = await pool.acquire()
+    pool.release(connection, reusable=True)
+    again = pool.take_idle()
+    assert again is connection
+    assert connection.requests == 2
+    assert connection.reused
+    assert pool.idle_count == 0
+    pool.release(connection, reusable=True)
+    third = await pool.acquire()
+    assert third is connection
+    assert connection.requests == 3
+    await settle()
+    assert server.accepted == 1
+
+
+async def test_take_idle_returns_newest_first(server: TcpServer, pools: list[UpstreamPool]) -> None:
+    pool = make_pool(pools, server.port)
+    first = await pool.acquire()
+    second = await pool.acquire()
+    assert first is not second
+    assert pool.open_connections == 2
+    pool.release(first, reusable=True)
+    pool.release(second, reusable=True)
+    assert pool.take_idle() is second
+    assert pool.take_idle() is first
+    assert pool.take_idle() is None
+
+
+async def test_fresh_acquire_skips_idle_connections(
+    server: TcpServer, pools: list[UpstreamPool]
+) -> None:
+    pool = make_pool(pools, server.port)
+    idle = await pool.acquire()
+    pool.release(idle, reusable=True)
+    fresh = await pool.acquire(fresh=True)
+    assert fresh is not idle
+    assert fresh.requests == 1
+    assert pool.idle_count == 1
+    assert pool.open_connections == 2
+
+
+async def test_release_not_reusable_closes(server: TcpServer, pools: list[UpstreamPool]) -> None:
+    pool = make_pool(pools, server.port)
+    connection = await pool.acquire()
+    await eventually(lambda: server.open == 1)
+    pool.release(connection, reusable=False)
+    assert connection.closed
+    assert pool.open_connections == 0
+    assert pool.idle_count == 0
+    await eventually(lambda: server.open == 0, message="server never saw the close")
+
+
+async def test_release_clears_the_handler(server: TcpServer, pools: list[UpstreamPool]) -> None:
+    pool = make_pool(pools, server.port)
+    connection = await pool.acquire()
+
+    class Sink:
+        def upstream_data(self, data: bytes) -> None: ...
+        def upstream_closed(self, error: Exception | None) -> None: ...
+        def upstream_pause_writing(self) -> None: ...
+        def upstream_resume_writing(self) -> None: ...
+
+    connection.handler = Sink()
+    pool.release(connection, reusable=True)
+    assert connection.handler is None
+
+
+async def test_max_requests_closes_on_release(server: TcpServer, pools: list[UpstreamPool]) -> None:
+    pool = make_pool(pools, server.port, max_requests=2)
+    connection = await pool.acquire()
+    pool.release(connection, reusable=True)
+    assert pool.take_idle() is connection  # its second request
+    pool.release(connection, reusable=True)
+    assert connection.closed
+    assert pool.idle_count == 0
+    assert pool.open_connections == 0
+
+
+async def test_max_idle_closes_the_surplus(server: TcpServer, pools: list[UpstreamPool]) -> None:
+    pool = make_pool(pools, server.port, max_idle=1)
+    first = await pool.acquire()
+    second = await pool.acquire()
+    pool.release(first, reusable=True)
+    pool.release(second, reusable=True)
+    assert pool.idle_count == 1
+    assert second.closed
+    assert not first.closed
+    assert pool.open_connections == 1
+
+
+async def test_connection_closed_by_server_while_idle_is_never_handed_out(
+    server: TcpServer, pools: list[UpstreamPool]
+) -> None:
+    pool = make_pool(pools, server.port)
+    connection = await pool.acquire()
+    pool.release(connection, reusable=True)
+    await eventually(lambda: len(server.writers) == 1)
+    server.writers[0].close()
+    await eventually(lambda: connection.closed, message="the server's close went unnoticed")
+    assert pool.idle_count == 0
+    assert pool.open_connections == 0
+    assert pool.take_idle() is None
+    replacement = await pool.acquire()
+    assert replacement is not connection
+
+
+async def test_bytes_on_an_idle_connection_make_it_unusable(
+    server: TcpServer, pools: list[UpstreamPool]
+) -> None:
+    pool = make_pool(pools, server.port)
+    connection = await pool.acquire()
+    pool.release(connection, reusable=True)
+    await eventually(lambda: len(server.writers) == 1)
+    server.writers[0].write(b"HTTP/1.1 200 OK\r\n\r\n")
+    await eventually(lambda: connection.closed)
+    assert pool.take_idle() is None
+    assert pool.open_connections == 0
+
+
+# ---- max_connections and waiters ----
+
+
+async def test_waiters_are_served_first_come_first_served(
+    server: TcpServer, pools: list[UpstreamPool]
+) -> None:
+    pool = make_pool(pools, server.port, max_connections=1)
+    held = await pool.acquire()
+    order: list[int] = []
+
+    async def wait_turn(index: int) -> UpstreamConnection:
+        connection = await pool.acquire()
+        order.append(index)
+        return connection
+
+    tasks = []
+    for index in range(4):
+        tasks.append(asyncio.create_task(wait_turn(index)))
+        await settle()  # queue them in a known order
+    assert not any(task.done() for task in tasks)
+    current = held
+    for index in range(4):
+        pool.release(current, reusable=True)
+        current = await asyncio.wait_for(tasks[index], 1.0)
+        assert current is held
+        assert order == list(range(index + 1))
+        assert not any(task.done() for task in tasks[index + 1 :])
+    assert held.requests == 5
+    assert server.accepted == 1
+    pool.release(current, reusable=True)
+
+
+async def test_waiter_gets_a_new_connection_when_a_lent_one_closes(
+    server: TcpServer, pools: list[UpstreamPool]
+) -> None:
+    pool = make_pool(pools, server.port, max_connections=1)
+    held = await pool.acquire()
+    waiter = asyncio.create_task(pool.acquire())
+    await settle()
+    assert not waiter.done()
+    pool.release(held, reusable=False)
+    replacement = await asyncio.wait_for(waiter, 1.0)
+    assert replacement is not held
+    assert replacement.requests == 1
+    assert pool.open_connections == 1
+    await eventually(lambda: server.accepted == 2)
+
+
+async def test_waiter_woken_when_server_closes_a_lent_connection(
+    server: TcpServer, pools: list[UpstreamPool]
+) -> None:
+    pool = make_pool(pools, server.port, max_connections=1)
+    held = await pool.acquire()
+    waiter = asyncio.create_task(pool.acquire())
+    await eventually(lambda: len(server.writers) == 1)
+    server.writers[0].close()
+    replacement = await asyncio.wait_for(waiter, 2.0)
+    assert replacement is not held
+    assert held.closed
+    pool.release(held, reusable=True)  # the exchange releases it later: must not double count
+    assert pool.open_connections == 1
+
+
+async def test_connections_being_opened_count_against_the_limit(
+    server: TcpServer, pools: list[UpstreamPool]
+) -> None:
+    pool = make_pool(pools, server.port, max_connections=2)
+    tasks = [asyncio.create_task(pool.acquire()) for _ in range(5)]
+    await asyncio.sleep(0)  # every task ran up to its first await; none has connected yet
+    assert pool.open_connections == 2
+    done, pending = await asyncio.wait(tasks, timeout=0.3)
+    assert len(done) == 2
+    assert len(pending) == 3
+    assert server.accepted == 2
+    for task in done:
+        pool.release(task.result(), reusable=True)  # straight to the next two waiters
+    await settle()
+    finished = [task for task in tasks if task.done()]
+    assert len(finished) == 4
+    for task in set(finished) - done:
+        pool.release(task.result(), reusable=True)
+    await asyncio.wait_for(asyncio.gather(*tasks), 1.0)
+    assert server.accepted == 2
+    assert pool.open_connections == 2
+
+
+async def test_failed_open_wakes_a_waiter(pools: list[UpstreamPool]) -> None:
+    pool = make_pool(pools, closed_port(), max_connections=1)
+    first = asyncio.create_task(pool.acquire())
+    second = asyncio.create_task(pool.acquire())
+    results = await asyncio.wait_for(asyncio.gather(first, second, return_exceptions=True), 2.0)
+    for result in results:
+        assert isinstance(result, UpstreamConnectError)
+        assert result.kind == "refused"
+    assert pool.open_connections == 0
+
+
+async def test_a_waiter_cancelled_after_being_handed_a_connection_does_not_leak_it(
+    server: TcpServer, pools: list[UpstreamPool]
+) -> None:
+    pool = make_pool(pools, server.port, max_connections=1)
+    held = await pool.acquire()
+    waiter = asyncio.create_task(pool.acquire())
+    await settle()
+    pool.release(held, reusable=True)  # handed to the waiter...
+    waiter.cancel()  # ...which is cancelled before it runs again
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    # The slot must not be lost: the connection is idle or closed, and a new acquire succeeds.
+    connection = await asyncio.wait_for(pool.acquire(), 1.0)
+    assert pool.open_connections == 1
+    pool.release(connection, reusable=True)
+
+
+async def test_a_waiter_cancelled_after_being_woken_passes_the_free_slot_on(
+    server: TcpServer, pools: list[UpstreamPool]
+) -> None:
+    pool = make_pool(pools, server.port, max_connections=1)
+    held = await pool.acquire()
+    first = asyncio.create_task(pool.acquire())
+    await settle()
+    second = asyncio.create_task(pool.acquire())
+    await settle()
+    pool.release(held, reusable=False)  # frees the slot and wakes the first waiter...
+    first.cancel()  # ...which is cancelled before it can use it
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    connection = await asyncio.wait_for(second, 1.0)
+    assert connection is not held
+    assert pool.open_connections == 1
+    pool.release(connection, reusable=True)
+
+
+async def test_a_cancelled_waiter_does_not_take_a_later_release(
+    server: TcpServer, pools: list[UpstreamPool]
+) -> None:
+    pool = make_pool(pools, server.port, max_connections=1)
+    held = await pool.acquire()
+    cancelled = asyncio.create_task(pool.acquire())
+    await settle()
+    patient = asyncio.create_task(pool.acquire())
+    await settle()
+    cancelled.cancel()
+    await settle()
+    pool.release(held, reusable=True)
+    assert await asyncio.wait_for(patient, 1.0) is held
+
+
+# ---- idle expiry ----
+
+
+async def test_idle_connections_expire(server: TcpServer, pools: list[UpstreamPool]) -> None:
+    pool = make_pool(pools, server.port, idle_timeout=0.1)
+    connection = await pool.acquire()
+    pool.release(connection, reusable=True)
+    await asyncio.sleep(0.05)
+    assert not connection.closed
+    await eventually(lambda: connection.closed, timeout=1.0, message="idle connection kept")
+    assert pool.idle_count == 0
+    assert pool.open_connections == 0
+    await eventually(lambda: server.open == 0, message="server never saw the close")
+
+
+async def test_idle_expiry_rearms_for_the_next_oldest(
+    server: TcpServer, pools: list[UpstreamPool]
+) -> None:
+    pool = make_pool(pools, server.port, idle_timeout=0.2)
+    older = await pool.acquire()
+    newer = await pool.acquire()
+    pool.release(older, reusable=True)
+    await asyncio.sleep(0.12)
+    pool.release(newer, reusable=True)
+    await eventually(lambda: older.closed, timeout=1.0)
+    assert not newer.closed, "the newer connection expired with the older one"
+    await eventually(lambda: newer.closed, timeout=1.0, message="the timer was not re-armed")
+    assert pool.open_connections == 0
+    # A connection released after the timer went quiet is still expired.
+    third = await pool.acquire()
+    pool.release(third, reusable=True)
+    await eventually(lambda: third.closed, timeout=1.0)
+
+
+async def test_reuse_resets_the_idle_clock(server: TcpServer, pools: list[UpstreamPool]) -> None:
+    pool = make_pool(pools, server.port, idle_timeout=0.2)
+    connection = await pool.acquire()
+    pool.release(connection, reusable=True)
+    for _ in range(4):
+        await asyncio.sleep(0.1)
+        assert pool.take_idle() is connection
+        pool.release(connection, reusable=True)
+    assert not connection.closed
+    await eventually(lambda: connection.closed, timeout=1.0)
+
+
+# ---- close ----
+
+
+async def test_close_closes_idle_and_fails_waiters(
+    server: TcpServer, pools: list[UpstreamPool]
+) -> None:
+    pool = make_pool(pools, server.port, max_connections=2)
+    idle = await pool.acquire()
+    lent = await pool.acquire()
+    pool.release(idle, reusable=True)
+    assert pool.take_idle() is idle
+    pool.release(idle, reusable=True)
+    # Both slots taken again so that acquirers queue.
+    assert pool.take_idle() is idle
+    waiters = [asyncio.create_task(pool.acquire()) for _ in range(2)]
+    await settle()
+    pool.release(idle, reusable=True)  # goes to the first waiter
+    first = await asyncio.wait_for(waiters[0], 1.0)
+    assert first is idle
+    pool.release(first, reusable=True)  # goes to the second waiter
+    second = await asyncio.wait_for(waiters[1], 1.0)
+    pool.release(second, reusable=True)
+    assert pool.idle_count == 1
+
+    late = [asyncio.create_task(pool.acquire()) for _ in range(2)]
+    assert pool.take_idle() is idle
+    await settle()
+    pool.close()
+    for task in late:
+        with pytest.raises(UpstreamConnectError) as raised:
+            await asyncio.wait_for(task, 1.0)
+        assert raised.value.kind == "closed"
+    # Lent connections close when they come back, even as reusable.
+    pool.release(lent, reusable=True)
+    pool.release(idle, reusable=True)
+    assert lent.closed
+    assert idle.closed
+    assert pool.open_connections == 0
+    with pytest.raises(UpstreamConnectError) as raised:
+        await pool.acquire()
+    assert raised.value.kind == "closed"
+    await eventually(lambda: server.open == 0)
+
+
+async def test_close_closes_idle_connections_at_once(
+    server: TcpServer, pools: list[UpstreamPool]
+) -> None:
+    pool = make_pool(pools, server.port)
+    connections = [await pool.acquire() for _ in range(3)]
+    for connection in connections:
+        pool.release(connection, reusable=True)
+    pool.close()
+    assert all(connection.closed for connection in connections)
+    assert pool.idle_count == 0
+    assert pool.open_connections == 0
+    await eventually(lambda: server.open == 0)
+
+
+# ---- connect failures ----
+
+
+async def test_connect_refused(pools: list[UpstreamPool]) -> None:
+    pool = make_pool(pools, closed_port())
+    started = time.monotonic()
+    with pytest.raises(UpstreamConnectError) as raised:
+        await pool.acquire()
+    assert raised.value.kind == "refused"
+    assert time.monotonic() - started < 1.0
+    assert pool.open_connections == 0
+
+
+async def test_connect_timeout(pools: list[UpstreamPool]) -> None:
+    with blackhole_port() as port:
+        pool = make_pool(pools, port, connect_timeout=0.2)
+        started = time.monotonic()
+        with pytest.raises(UpstreamConnectError) as raised:
+            await pool.acquire()
+        elapsed = time.monotonic() - started
+    assert raised.value.kind == "timeout"
+    assert 0.15 <= elapsed < 1.0
+    assert pool.open_connections == 0
