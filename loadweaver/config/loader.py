@@ -52,7 +52,22 @@ class _EnvironmentOverlay(Config, BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return env_settings, dotenv_settings, init_settings
+        return env_settings, _OwnKeysOnly(settings_cls, dotenv_settings), init_settings
+
+
+class _OwnKeysOnly(PydanticBaseSettingsSource):
+    """A `.env` is shared with other programs: only keys that name a config section count."""
+
+    def __init__(self, settings_cls: type[BaseSettings], inner: PydanticBaseSettingsSource) -> None:
+        super().__init__(settings_cls)
+        self._inner = inner
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        fields = self.settings_cls.model_fields
+        return {key: value for key, value in self._inner().items() if key in fields}
 
 
 def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
@@ -107,6 +122,7 @@ def describe_validation_error(error: ValidationError) -> list[str]:
 def _allowed_keys(location: tuple[int | str, ...]) -> list[str]:
     model: Any = Config
     for part in location:
+        model = _without_none(model)
         if isinstance(model, type) and issubclass(model, BaseModel) and isinstance(part, str):
             field = model.model_fields.get(part)
             model = field.annotation if field else None
@@ -117,6 +133,16 @@ def _allowed_keys(location: tuple[int | str, ...]) -> list[str]:
             return []
         model = _element_type(model)
     return sorted(model.model_fields)
+
+
+def _without_none(annotation: Any) -> Any:
+    """X for `X | None`; anything else unchanged."""
+    args = get_args(annotation)
+    if type(None) in args:
+        rest = [arg for arg in args if arg is not type(None)]
+        if len(rest) == 1:
+            return rest[0]
+    return annotation
 
 
 def _element_type(annotation: Any) -> Any:

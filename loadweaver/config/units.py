@@ -1,5 +1,6 @@
 """Human units in config files: durations (`500ms`, `10s`, `2m`) and sizes (`64KiB`, `10MB`)."""
 
+import math
 import re
 from typing import Annotated
 
@@ -33,8 +34,12 @@ def parse_duration(value: object) -> float:
             f"invalid duration {value!r}: "
             "use a number of seconds or a string like 500ms, 10s, 2m, 1h"
         )
+    if math.isnan(seconds):
+        raise ValueError(f"invalid duration {value!r}: it must be a number of seconds")
     if seconds < 0:
         raise ValueError("a duration cannot be negative")
+    if math.isinf(seconds):
+        raise ValueError(f"invalid duration {value!r}: it must be finite")
     return seconds
 
 

@@ -98,6 +98,10 @@ class Listener:
                 backlog=4096,
                 reuse_address=True,
                 reuse_port=self.reuse_port or None,
+                # A handshake is part of the request head: slowloris over TLS is cut the same.
+                ssl_handshake_timeout=(spec.request_header_timeout or None)
+                if ssl_context
+                else None,
             )
         except OSError as error:
             raise ListenError(_listen_failure(spec, error)) from None

@@ -86,8 +86,13 @@ def _server_context(cert: Certificate, min_version: str) -> ssl.SSLContext:
     context = _base_server_context(min_version)
     try:
         context.load_cert_chain(cert.cert_file, cert.key_file)
-    except FileNotFoundError as error:
-        raise TlsConfigError(f"certificate file not found: {error.filename}") from None
+    except FileNotFoundError:
+        # load_cert_chain does not say which of the two files is missing.
+        missing = next(
+            (name for name in (cert.cert_file, cert.key_file) if not Path(name).is_file()),
+            cert.cert_file,
+        )
+        raise TlsConfigError(f"certificate file not found: {missing}") from None
     except (OSError, ssl.SSLError) as error:
         raise TlsConfigError(
             f"cannot load certificate {cert.cert_file!r} with key {cert.key_file!r}: {error}"
