@@ -85,7 +85,7 @@ class Exchange:
         request = self.request
         target = request.target
         host = request.host
-        if target[:1] == b"/" and host and host[:1] != b"[" and _PLAIN_HOST(host):
+        if target[:1] == b"/" and host and not host.translate(None, _HOST_CHARACTERS):
             # The common case, inlined: origin-form target and a well-formed Host.
             path = target.partition(b"?")[0].decode("latin-1")
             hostname = host.partition(b":")[0].lower().decode("latin-1")
@@ -591,15 +591,15 @@ def _request_host(request: ParsedRequest) -> tuple[bytes, LocalReply | None]:
         if request.http11:
             return b"", replies.bad_request("missing_host", "HTTP/1.1 requests need a Host header.")
         return b"", None
-    if not _PLAIN_HOST(host):
+    if host.translate(None, _HOST_CHARACTERS) and not _BRACKETED_HOST(host):
         return b"", replies.bad_request("bad_host", "The Host header is malformed.")
     return host, None
 
 
-# Host values made only of these characters are safe to route on and forward as they are.
-_PLAIN_HOST = re.compile(
-    rb"[A-Za-z0-9.\-]+(?::[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](?::[0-9]{1,5})?"
-).fullmatch
+# A Host made only of these characters is safe to route on and forward as it is; translate()
+# with them deleted leaves nothing, which is one C call instead of a regex match per request.
+_HOST_CHARACTERS = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-:"
+_BRACKETED_HOST = re.compile(rb"\[[0-9A-Fa-f:.]+\](?::[0-9]{1,5})?").fullmatch
 
 
 def _host_without_port(host: bytes) -> str:

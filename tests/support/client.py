@@ -1,6 +1,7 @@
 """A raw-socket HTTP/1.1 client for framing tests: it sends exact bytes and parses strictly."""
 
 import asyncio
+import contextlib
 from dataclasses import dataclass
 
 
@@ -93,10 +94,8 @@ class RawClient:
 
     async def close(self) -> None:
         self.writer.close()
-        try:
+        with contextlib.suppress(ConnectionError):
             await self.writer.wait_closed()
-        except ConnectionError:
-            pass
 
 
 def get(path: str = "/", host: str = "example.test", extra: str = "") -> bytes:
