@@ -17,6 +17,8 @@ class UpstreamHandler(Protocol):
 
 
 class UpstreamConnection(asyncio.Protocol):
+    __slots__ = ("closed", "handler", "idle_since", "pool", "requests", "transport", "write_paused")
+
     def __init__(self, pool: "UpstreamPool") -> None:
         self.pool = pool
         self.transport: asyncio.Transport | None = None

@@ -6,7 +6,6 @@ buffer their bodies, bounded by pausing reads. Nothing here awaits.
 """
 
 import asyncio
-from collections import deque
 from typing import TYPE_CHECKING, cast
 
 import httptools
@@ -25,7 +24,6 @@ from loadweaver.proxy.headers import (
     render_forwarding,
 )
 from loadweaver.proxy.replies import LocalReply, RequestRejectedError
-from loadweaver.proxy.request import ParsedRequest
 from loadweaver.proxy.tunnel import Tunnel
 
 if TYPE_CHECKING:
@@ -79,6 +77,42 @@ Item = Exchange | LocalReplyItem
 
 
 class ClientConnection(asyncio.Protocol):
+    __slots__ = (
+        "client_ip",
+        "closed",
+        "closing",
+        "context",
+        "deadline",
+        "deadline_kind",
+        "forwarding_cache",
+        "forwarding_host",
+        "head_bytes",
+        "header_bytes",
+        "header_count",
+        "headers",
+        "in_head",
+        "limits",
+        "listener",
+        "loop",
+        "metrics",
+        "parser",
+        "parsing",
+        "pick_context",
+        "queue",
+        "read_pauses",
+        "received_any",
+        "rejected",
+        "special",
+        "tls",
+        "trailers",
+        "transport",
+        "trusted",
+        "tunnel",
+        "upgrading",
+        "url",
+        "write_paused",
+    )
+
     def __init__(self, context: "ProxyContext", listener: ListenerSpec) -> None:
         self.context = context
         self.loop = context.loop
@@ -89,7 +123,7 @@ class ClientConnection(asyncio.Protocol):
         self.client_ip = ""
         self.trusted = False
         self.parser = httptools.HttpRequestParser(self)
-        self.queue: deque[Item] = deque()
+        self.queue: list[Item] = []  # at most PIPELINE_DEPTH + 1 long: a list is enough
         self.parsing: Item | None = None
         self.tunnel: Tunnel | None = None
         self.closing = False
@@ -97,7 +131,7 @@ class ClientConnection(asyncio.Protocol):
         self.upgrading = False  # parsing stopped at an upgrade request; bytes wait for the 101
         self.rejected = False  # a fatal error reply was queued; later input is dropped
         self.write_paused = False
-        self.read_pauses: set[str] = set()
+        self.read_pauses: frozenset[str] = frozenset()  # rarely non-empty: no set per connection
         self.deadline = 0.0
         self.deadline_kind = "request_header"
         self.received_any = False
@@ -220,10 +254,9 @@ class ClientConnection(asyncio.Protocol):
         self.in_head = False
         if not self.queue:
             self.deadline = 0.0
-        request = _parsed_request(self.parser, self.url, self.headers, self.special)
+        exchange = self._new_exchange()
         self.metrics.counts.requests += 1
-        exchange = Exchange(self, request)
-        if not request.has_body and not request.upgrade:
+        if not exchange.has_body and not exchange.upgrade:
             # Complete already: a reply sent during start() may keep the connection.
             exchange.request_complete = True
         problem = exchange.prepare(self.context.holder.current)
@@ -234,7 +267,7 @@ class ClientConnection(asyncio.Protocol):
                 problem.status,
                 problem.reason,
                 self.client_ip,
-                request.target[:200],
+                exchange.target[:200],
             )
         self.parsing = item
         self.queue.append(item)
@@ -251,7 +284,7 @@ class ClientConnection(asyncio.Protocol):
         item, self.parsing = self.parsing, None
         if item is None:
             return
-        if item.__class__ is Exchange and not item.request.chunked:
+        if isinstance(item, Exchange) and not item.chunked:
             item.request_complete = True  # nothing to send: skip the call
         else:
             item.client_body_done(self.trailers)
@@ -266,7 +299,7 @@ class ClientConnection(asyncio.Protocol):
         queue = self.queue
         if not queue or queue[0] is not item:
             return
-        queue.popleft()
+        del queue[0]
         # Pauses taken on behalf of that exchange end with it.
         if self.read_pauses:
             self.resume_reading("upstream")
@@ -290,7 +323,7 @@ class ClientConnection(asyncio.Protocol):
     ) -> None:
         """After a 101: bytes flow both ways untouched until either side closes or idles out."""
         if self.queue:
-            self.queue.popleft()
+            del self.queue[0]
         tunnel = Tunnel(self, upstream, self.listener.tunnel_idle_timeout)
         self.tunnel = tunnel
         self.deadline = 0.0
@@ -299,6 +332,39 @@ class ClientConnection(asyncio.Protocol):
             self.write(first_bytes)
         for data in held or ():
             tunnel.from_client(data)
+
+    def _new_exchange(self) -> Exchange:
+        """The parsed request head as an Exchange; raises RequestRejectedError for bad framing."""
+        parser = self.parser
+        content_length: int | None = None
+        chunked = False
+        host: bytes | None = None
+        for lowered, value in self.special:
+            if lowered == b"host":
+                if host is not None:
+                    raise RequestRejectedError(MULTIPLE_HOSTS)
+                host = value
+            elif lowered == b"content-length":
+                content_length = int(value)
+            elif lowered == b"transfer-encoding":
+                if value.strip().lower() != b"chunked" or chunked:
+                    raise RequestRejectedError(replies.NOT_IMPLEMENTED_TE)
+                chunked = True
+        if chunked and content_length is not None:
+            raise RequestRejectedError(LENGTH_AND_CHUNKED)
+        return Exchange(
+            self,
+            parser.get_method(),
+            self.url,
+            self.headers,
+            self.special,
+            parser.get_http_version() == "1.1",
+            parser.should_keep_alive(),
+            parser.should_upgrade(),
+            content_length,
+            chunked,
+            host,
+        )
 
     def forwarding_block(self, host: bytes) -> bytes:
         """This client's own forwarding headers; cached, as a connection rarely changes Host."""
@@ -326,12 +392,12 @@ class ClientConnection(asyncio.Protocol):
     def pause_reading(self, reason: str) -> None:
         if not self.read_pauses and self.transport is not None:
             self.transport.pause_reading()
-        self.read_pauses.add(reason)
+        self.read_pauses |= {reason}
 
     def resume_reading(self, reason: str) -> None:
         pauses = self.read_pauses
         if reason in pauses:
-            pauses.discard(reason)
+            self.read_pauses = pauses = pauses - {reason}
             if not pauses and self.transport is not None and not self.closed:
                 self.transport.resume_reading()
 
@@ -423,7 +489,7 @@ class ClientConnection(asyncio.Protocol):
             item.abandon()
         self.queue.clear()
         transport.write_eof()
-        self.read_pauses.clear()
+        self.read_pauses = frozenset()
         transport.resume_reading()
         self.deadline = self.loop.time() + LINGER_SECONDS
         self.deadline_kind = "linger"
@@ -431,40 +497,6 @@ class ClientConnection(asyncio.Protocol):
     def abort(self) -> None:
         if self.transport is not None and not self.closed:
             self.transport.abort()
-
-
-def _parsed_request(
-    parser: httptools.HttpRequestParser, url: bytes, headers: list[Header], special: list[Header]
-) -> ParsedRequest:
-    """The request as the exchange needs it; raises RequestRejectedError for bad framing."""
-    content_length: int | None = None
-    chunked = False
-    host: bytes | None = None
-    for lowered, value in special:
-        if lowered == b"host":
-            if host is not None:
-                raise RequestRejectedError(MULTIPLE_HOSTS)
-            host = value
-        elif lowered == b"content-length":
-            content_length = int(value)
-        elif lowered == b"transfer-encoding":
-            if value.strip().lower() != b"chunked" or chunked:
-                raise RequestRejectedError(replies.NOT_IMPLEMENTED_TE)
-            chunked = True
-    if chunked and content_length is not None:
-        raise RequestRejectedError(LENGTH_AND_CHUNKED)
-    return ParsedRequest(
-        parser.get_method(),
-        url,
-        headers,
-        special,
-        parser.get_http_version() == "1.1",
-        parser.should_keep_alive(),
-        parser.should_upgrade(),
-        content_length,
-        chunked,
-        host,
-    )
 
 
 LENGTH_AND_CHUNKED = replies.bad_request(

@@ -28,7 +28,6 @@ from loadweaver.proxy.headers import (
     status_line,
 )
 from loadweaver.proxy.replies import LocalReply, RequestRejectedError
-from loadweaver.proxy.request import ParsedRequest
 
 if TYPE_CHECKING:
     from loadweaver.proxy.client import ClientConnection
@@ -43,56 +42,124 @@ NONE, LENGTH, CHUNKED, CLOSE = range(4)
 
 
 class Exchange:
-    # Scalar defaults live on the class: a request only pays for the attributes it changes.
-    pool: PoolRuntime | None = None
-    backend: Backend | None = None
-    upstream: UpstreamConnection | None = None
-    parser: httptools.HttpResponseParser | None = None
-    head = b""
-    pending_size = 0
-    replay_size = 0
-    body_received = 0
-    max_body = 0
-    request_complete = False
-    retried = False
-    finished = False
-    deadline = 0.0
-    total_deadline = 0.0
-    status = 0
-    response_started = False
-    response_framing = NONE
-    response_done = False
-    upstream_until_close = False  # the backend's body ends when it closes the connection
-    informational = False
-    keep_client = True
-    upstream_keep_alive = False
-    tunnel_data: list[bytes] | None = None
-    trailers: list[Header] | None = None
+    __slots__ = (
+        "backend",
+        "body_received",
+        "chunked",
+        "client",
+        "content_length",
+        "deadline",
+        "finished",
+        "head",
+        "headers",
+        "host",
+        "http11",
+        "informational",
+        "keep_alive",
+        "keep_client",
+        "max_body",
+        "method",
+        "out",
+        "parser",
+        "pending",
+        "pending_size",
+        "pool",
+        "replay",
+        "replay_size",
+        "request_complete",
+        "response_done",
+        "response_framing",
+        "response_headers",
+        "response_special",
+        "response_started",
+        "retried",
+        "special",
+        "status",
+        "target",
+        "total_deadline",
+        "trailers",
+        "tunnel_data",
+        "upgrade",
+        "upstream",
+        "upstream_keep_alive",
+        "upstream_until_close",
+    )
 
-    def __init__(self, client: "ClientConnection", request: ParsedRequest) -> None:
+    def __init__(  # noqa: PLR0917 - one positional call per request, on the hot path
+        self,
+        client: "ClientConnection",
+        method: bytes,
+        target: bytes,
+        headers: list[Header],
+        special: list[Header],
+        http11: bool,
+        keep_alive: bool,
+        upgrade: bool,
+        content_length: int | None,
+        chunked: bool,
+        host: bytes | None,
+    ) -> None:
         self.client = client
-        self.request = request
+        # The request as llhttp parsed it; `special` holds the lower-cased framing, hop-by-hop,
+        # Host and forwarding headers that the proxy re-renders, `headers` everything else.
+        self.method = method
+        self.target = target
+        self.headers = headers
+        self.special = special
+        self.http11 = http11
+        self.keep_alive = keep_alive
+        self.upgrade = upgrade
+        self.content_length = content_length
+        self.chunked = chunked
+        self.host = host
         self.pending: list[bytes] | None = []  # request bytes not yet written upstream
         self.replay: list[bytes] | None = []  # request bytes kept for one replay
-        self.response_lines: list[bytes] = []
+        self.response_headers: list[Header] = []
         self.response_special: list[Header] = []
         self.out: list[bytes] = []
+        self.pool: PoolRuntime | None = None
+        self.backend: Backend | None = None
+        self.upstream: UpstreamConnection | None = None
+        self.parser: httptools.HttpResponseParser | None = None
+        self.head = b""
+        self.pending_size = 0
+        self.replay_size = 0
+        self.body_received = 0
+        self.max_body = 0
+        self.request_complete = False
+        self.retried = False
+        self.finished = False
+        self.deadline = 0.0
+        self.total_deadline = 0.0
+        self.status = 0
+        self.response_started = False
+        self.response_framing = NONE
+        self.response_done = False
+        self.upstream_until_close = False  # the backend's body ends when it closes the connection
+        self.informational = False
+        self.keep_client = True
+        self.upstream_keep_alive = False
+        self.tunnel_data: list[bytes] | None = None
+        self.trailers: list[Header] | None = None
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or bool(self.content_length)
 
     # ---- preparation (client side, at headers complete) ----
 
     def prepare(self, snapshot: Snapshot) -> LocalReply | None:
         """Routes the request and renders its upstream head; a LocalReply when it cannot go on."""
-        request = self.request
-        target = request.target
-        host = request.host
+        target = self.target
+        host = self.host
         if target[:1] == b"/" and host and not host.translate(None, _HOST_CHARACTERS):
             # The common case, inlined: origin-form target and a well-formed Host.
             path = target.partition(b"?")[0].decode("latin-1")
             hostname = host.partition(b":")[0].lower().decode("latin-1")
         else:
-            if request.method == b"CONNECT":
+            if self.method == b"CONNECT":
                 return replies.CONNECT_REJECTED
-            found, problem = _request_host(request)
+            found, problem = _request_host(self)
             if problem is not None:
                 return problem
             # HTTP/1.0 without Host: the backend still needs one.
@@ -101,26 +168,25 @@ class Exchange:
             hostname = _host_without_port(host).lower()
         limits = snapshot.limits
         self.max_body = limits.max_body_bytes
-        if request.content_length is not None and request.content_length > limits.max_body_bytes:
+        if self.content_length is not None and self.content_length > limits.max_body_bytes:
             return replies.BODY_TOO_LARGE
         route = snapshot.routes.match(
-            hostname, path, request.method.decode(), request.headers, request.special
+            hostname, path, self.method.decode(), self.headers, self.special
         )
         if route is None:
-            return replies.NO_ROUTE if not request.has_body else _closing(replies.NO_ROUTE)
+            return replies.NO_ROUTE if not self.has_body else _closing(replies.NO_ROUTE)
         self.pool = snapshot.pools[route.pool]
         self.head = self._render_upstream_head(host)
         return None
 
     def _render_upstream_head(self, host: bytes) -> bytes:
         """Host first, the client's end-to-end headers, then forwarding and framing headers."""
-        request = self.request
         client = self.client
-        headers = request.headers
+        headers = self.headers
         connection: list[bytes] = []
         upgrade: list[bytes] = []
         forwarding: list[Header] = []
-        for name, value in request.special:
+        for name, value in self.special:
             if name == b"connection":
                 connection.append(value)
             elif name == b"upgrade":
@@ -136,9 +202,9 @@ class Exchange:
             block = client.forwarding_cache
         else:
             block = client.forwarding_block(host)
-        target = request.target
+        target = self.target
         lines = [
-            request.method,
+            self.method,
             b" ",
             target if target[:1] == b"/" else _origin_form(target),
             b" HTTP/1.1\r\nHost: ",
@@ -148,12 +214,12 @@ class Exchange:
         if headers:
             lines += (b"\r\n".join(map(b": ".join, headers)), b"\r\n")
         lines.append(block)
-        if request.upgrade:
+        if self.upgrade:
             lines += (b"Connection: Upgrade\r\nUpgrade: ", joined(upgrade), b"\r\n")
-        if request.chunked:
+        if self.chunked:
             lines.append(b"Transfer-Encoding: chunked\r\n")
-        elif request.content_length is not None:
-            lines.append(b"Content-Length: %d\r\n" % request.content_length)
+        elif self.content_length is not None:
+            lines.append(b"Content-Length: %d\r\n" % self.content_length)
         lines.append(b"\r\n")
         return b"".join(lines)
 
@@ -237,12 +303,12 @@ class Exchange:
         self.body_received += len(chunk)
         if self.body_received > self.max_body:
             raise RequestRejectedError(replies.BODY_TOO_LARGE)
-        data = b"%x\r\n%s\r\n" % (len(chunk), chunk) if self.request.chunked else chunk
+        data = b"%x\r\n%s\r\n" % (len(chunk), chunk) if self.chunked else chunk
         self._send_upstream(data)
 
     def client_body_done(self, trailers: list[Header]) -> None:
         self.request_complete = True
-        if self.request.chunked:
+        if self.chunked:
             tail = b"0\r\n" + b"".join([n + b": " + v + b"\r\n" for n, v in trailers]) + b"\r\n"
             self._send_upstream(tail)
 
@@ -299,7 +365,7 @@ class Exchange:
             self.response_special.append((lowered, value))
             if lowered != b"content-length":
                 return
-        self.response_lines.append(name + b": " + value + b"\r\n")
+        self.response_headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         parser = self.parser
@@ -333,14 +399,13 @@ class Exchange:
 
     def _relay_informational(self, status: int) -> None:
         self.informational = True
-        lines, self.response_lines = self.response_lines, []
+        headers, self.response_headers = self.response_headers, []
         self.response_special = []
-        if self.request.http11:
-            self.out.append(b"%s%s\r\n" % (status_line(status), b"".join(lines)))
+        if self.http11:
+            self.out.append(b"%s%s\r\n" % (status_line(status), render_headers(headers)))
 
     def _render_response_head(self, status: int) -> bytes:
-        request = self.request
-        lines = self.response_lines
+        headers = self.response_headers
         has_length = chunked = False
         connection: list[bytes] = []
         upgrade: list[bytes] = []
@@ -355,21 +420,22 @@ class Exchange:
                 chunked = True
         if connection and names_extra_headers(connection):
             dropped = connection_tokens(connection)
-            lines = [line for line in lines if line.split(b":", 1)[0].lower() not in dropped]
+            headers = [(name, value) for name, value in headers if name.lower() not in dropped]
+        block = render_headers(headers)
         head = status_line(status)
         if status == 101:
             return b"%s%sConnection: Upgrade\r\nUpgrade: %s\r\n\r\n" % (
                 head,
-                b"".join(lines),
+                block,
                 joined(upgrade),
             )
-        keep_alive = request.keep_alive and not self.client.closing and not request.upgrade
+        keep_alive = self.keep_alive and not self.client.closing and not self.upgrade
         extra = b""
-        if request.method == b"HEAD" or status in NO_BODY_STATUSES:
+        if self.method == b"HEAD" or status in NO_BODY_STATUSES:
             self.response_framing = NONE
         elif has_length and not chunked:
             self.response_framing = LENGTH
-        elif request.http11:
+        elif self.http11:
             self.response_framing = CHUNKED
             extra = b"Transfer-Encoding: chunked\r\n"
             self.upstream_until_close = not chunked
@@ -379,9 +445,9 @@ class Exchange:
         self.keep_client = keep_alive
         if not keep_alive:
             extra += b"Connection: close\r\n"
-        elif not request.http11:
+        elif not self.http11:
             extra += b"Connection: keep-alive\r\n"
-        return b"%s%s%s\r\n" % (head, b"".join(lines), extra)
+        return b"%s%s%s\r\n" % (head, block, extra)
 
     def _flush_to_client(self) -> None:
         out = self.out
@@ -450,7 +516,7 @@ class Exchange:
         self.parser = None
         self.informational = False
         self.trailers = None
-        self.response_lines = []
+        self.response_headers = []
         self.response_special = []
         self.client.loop.create_task(self._connect(backend, fresh=True))
 
@@ -511,10 +577,7 @@ class Exchange:
             return
         self.client.metrics.local_replies.labels(reply.status, reply.reason).inc()
         keep_alive = (
-            not reply.close
-            and self.request_complete
-            and self.request.keep_alive
-            and not self.request.upgrade
+            not reply.close and self.request_complete and self.keep_alive and not self.upgrade
         )
         self.client.metrics.counts.by_class[reply.status // 100] += 1
         self.client.write(reply.render(keep_alive and not self.client.closing))
@@ -550,7 +613,7 @@ class Exchange:
 
     def _switch_to_tunnel(self, first_bytes: bytes) -> None:
         connection = self.upstream
-        if self.status != 101 or not self.request.upgrade or connection is None:
+        if self.status != 101 or not self.upgrade or connection is None:
             self._invalid_response("101 Switching Protocols without an upgrade request")
             return
         self.finished = True
@@ -579,7 +642,7 @@ def _closing(reply: LocalReply) -> LocalReply:
     return LocalReply(reply.status, reply.reason, reply.message, close=True)
 
 
-def _request_host(request: ParsedRequest) -> tuple[bytes, LocalReply | None]:
+def _request_host(request: Exchange) -> tuple[bytes, LocalReply | None]:
     target = request.target
     if not target.startswith(b"/") and target[:4].lower() == b"http":
         authority = target.split(b"//", 1)[-1].split(b"/", 1)[0].split(b"?", 1)[0]
