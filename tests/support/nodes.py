@@ -64,8 +64,16 @@ class NodeProcess:
         self.path.write_text(yaml.safe_dump(config))
         self.log = directory / "node.log"
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "loadweaver", "node", "start", "--config", str(self.path),
-             *extra],
+            [
+                sys.executable,
+                "-m",
+                "loadweaver",
+                "node",
+                "start",
+                "--config",
+                str(self.path),
+                *extra,
+            ],
             stdout=self.log.open("wb"),
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
