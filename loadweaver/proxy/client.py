@@ -342,7 +342,7 @@ class ClientConnection(asyncio.Protocol):
         for lowered, value in self.special:
             if lowered == b"host":
                 if host is not None:
-                    raise RequestRejectedError(MULTIPLE_HOSTS)
+                    raise RequestRejectedError(replies.MULTIPLE_HOSTS)
                 host = value
             elif lowered == b"content-length":
                 content_length = int(value)
@@ -351,7 +351,7 @@ class ClientConnection(asyncio.Protocol):
                     raise RequestRejectedError(replies.NOT_IMPLEMENTED_TE)
                 chunked = True
         if chunked and content_length is not None:
-            raise RequestRejectedError(LENGTH_AND_CHUNKED)
+            raise RequestRejectedError(replies.LENGTH_AND_CHUNKED)
         return Exchange(
             self,
             parser.get_method(),
@@ -499,16 +499,10 @@ class ClientConnection(asyncio.Protocol):
             self.transport.abort()
 
 
-LENGTH_AND_CHUNKED = replies.bad_request(
-    "length_and_chunked", "Content-Length and Transfer-Encoding cannot both be present."
-)
-MULTIPLE_HOSTS = replies.bad_request("multiple_hosts", "The request has more than one Host.")
-
-
 def _parse_error_reply(error: httptools.HttpParserError) -> LocalReply:
     text = str(error)
     if "Transfer-Encoding" in text and "Content-Length" in text:
-        return LENGTH_AND_CHUNKED
+        return replies.LENGTH_AND_CHUNKED
     if "Content-Length" in text:
         return replies.bad_request("bad_content_length", "The Content-Length header is invalid.")
     if "Transfer-Encoding" in text:

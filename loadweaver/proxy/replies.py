@@ -34,6 +34,10 @@ def bad_request(reason: str, message: str) -> LocalReply:
     return LocalReply(400, reason, message)
 
 
+LENGTH_AND_CHUNKED = bad_request(
+    "length_and_chunked", "Content-Length and Transfer-Encoding cannot both be present."
+)
+MULTIPLE_HOSTS = bad_request("multiple_hosts", "The request has more than one Host.")
 URL_TOO_LONG = LocalReply(414, "url_too_long", "The request URL is too long.")
 HEADERS_TOO_LARGE = LocalReply(431, "headers_too_large", "The request header block is too large.")
 BODY_TOO_LARGE = LocalReply(413, "body_too_large", "The request body is too large.")
