@@ -166,5 +166,6 @@ class Node:
         await stop_requested.wait()
         logger.info("stopping: draining connections")
         await self.stop()
+        logger.info("node {} stopped", self.config.node.id)
         for signum in handlers:
             loop.remove_signal_handler(signum)

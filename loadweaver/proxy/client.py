@@ -267,7 +267,7 @@ class ClientConnection(asyncio.Protocol):
                 problem.status,
                 problem.reason,
                 self.client_ip,
-                exchange.target[:200],
+                exchange.target[:200].decode("latin-1"),
             )
         self.parsing = item
         self.queue.append(item)

@@ -575,7 +575,16 @@ class Exchange:
         if self.response_started:
             self.client.abort()
             return
-        self.client.metrics.local_replies.labels(reply.status, reply.reason).inc()
+        client = self.client
+        client.metrics.local_replies.labels(reply.status, reply.reason).inc()
+        logger.info(
+            "{} {} for {} {} from {}",
+            reply.status,
+            reply.reason,
+            self.method.decode("latin-1"),
+            self.target[:200].decode("latin-1"),
+            client.client_ip,
+        )
         keep_alive = (
             not reply.close and self.request_complete and self.keep_alive and not self.upgrade
         )
