@@ -309,8 +309,7 @@ class Exchange:
     def client_body_done(self, trailers: list[Header]) -> None:
         self.request_complete = True
         if self.chunked:
-            tail = b"0\r\n" + b"".join([n + b": " + v + b"\r\n" for n, v in trailers]) + b"\r\n"
-            self._send_upstream(tail)
+            self._send_upstream(b"0\r\n" + render_headers(trailers) + b"\r\n")
 
     def _send_upstream(self, data: bytes) -> None:
         if self.finished:
