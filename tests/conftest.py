@@ -1,18 +1,45 @@
-"""Fixtures shared by every test: uvloop, loopback backends and in-process nodes."""
+"""Fixtures shared by every test: uvloop, loopback backends and in-process nodes.
+
+`proxy_factory` starts a node in front of given backend URLs; `proxied_factory` also starts the
+scripted backend it fronts; `proxied` is that with the echo backend and the default config.
+Each returns a `Proxy`/`Proxied` whose `connect()` opens a raw client to the node's listener.
+"""
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
 
 import pytest
 import uvloop
 
 from loadweaver.node import Node
 from tests.support.backend import Backend, Handler, echo_handler
-from tests.support.nodes import start_node
+from tests.support.nodes import Proxied, Proxy, node_config, start_node, write_config
 
 StartBackend = Callable[..., Awaitable[Backend]]
-StartNode = Callable[[dict[str, Any]], Awaitable[Node]]
+
+
+class StartNode(Protocol):
+    async def __call__(self, config: dict[str, Any], config_file: Path | None = None) -> Node:
+        """Starts a node from `config`; with `config_file`, written there first, for reloads."""
+        ...
+
+
+class StartProxy(Protocol):
+    async def __call__(
+        self, backends: Sequence[str] = (), *, config_file: Path | None = None, **sections: Any
+    ) -> Proxy:
+        """A node in front of `backends` (URLs); `sections` go to `node_config`."""
+        ...
+
+
+class StartProxied(Protocol):
+    async def __call__(
+        self, handler: Handler = echo_handler, *, config_file: Path | None = None, **sections: Any
+    ) -> Proxied:
+        """A backend answering with `handler` and a node in front of it."""
+        ...
 
 
 def pytest_asyncio_loop_factories(
@@ -40,11 +67,47 @@ async def backend_factory() -> AsyncIterator[StartBackend]:
 async def node_factory() -> AsyncIterator[StartNode]:
     started: list[Node] = []
 
-    async def start(config: dict[str, Any]) -> Node:
-        node = await start_node(config)
+    async def start(config: dict[str, Any], config_file: Path | None = None) -> Node:
+        if config_file is not None:
+            write_config(config_file, config)
+        node = await start_node(config, config_file)
         started.append(node)
         return node
 
     yield start
     for node in started:
         await node.stop(grace=0)
+
+
+@pytest.fixture
+def proxy_factory(node_factory: StartNode) -> StartProxy:
+    """Starts nodes from `node_config(backends, **sections)`; they stop at teardown."""
+
+    async def start(
+        backends: Sequence[str] = (), *, config_file: Path | None = None, **sections: Any
+    ) -> Proxy:
+        config = node_config(backends, **sections)
+        node = await node_factory(config, config_file)
+        return Proxy(node, config, config_file=config_file)
+
+    return start
+
+
+@pytest.fixture
+def proxied_factory(backend_factory: StartBackend, proxy_factory: StartProxy) -> StartProxied:
+    """Starts a backend running `handler` and a node in front of it; both stop at teardown."""
+
+    async def start(
+        handler: Handler = echo_handler, *, config_file: Path | None = None, **sections: Any
+    ) -> Proxied:
+        backend = await backend_factory(handler)
+        proxy = await proxy_factory([backend.url], config_file=config_file, **sections)
+        return Proxied(proxy.node, proxy.config, backend, config_file=config_file)
+
+    return start
+
+
+@pytest.fixture
+async def proxied(proxied_factory: StartProxied) -> Proxied:
+    """An echo backend behind a node with the default config."""
+    return await proxied_factory()

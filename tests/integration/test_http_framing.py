@@ -7,14 +7,14 @@ Backends are real loopback servers and clients are raw sockets, so every byte is
 import asyncio
 import hashlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 
-from tests.conftest import StartBackend, StartNode
-from tests.support.backend import ReceivedRequest, response
-from tests.support.client import RawClient, get
+from tests.conftest import StartProxied, StartProxy
+from tests.support.backend import ReceivedRequest, fixed_reply, response
+from tests.support.client import RawClient, RawResponse, get
 from tests.support.framing import (
     PIECE,
     RawServer,
@@ -26,7 +26,7 @@ from tests.support.framing import (
     value_of,
     values_of,
 )
-from tests.support.nodes import listener_port, node_config
+from tests.support.nodes import Proxied, Proxy
 
 LARGE_PIECES = 50  # 50 MiB transfers
 RSS_LIMIT = 40 * 1024 * 1024
@@ -53,78 +53,72 @@ def echo_summary(method: str, target: str, body: bytes) -> bytes:
     return f"{method} {target} len={len(body)} sha256={sha(body)}".encode()
 
 
+async def assert_echoed(client: RawClient, wire: bytes, target: str) -> RawResponse:
+    """Sends `wire`, a GET of `target`; the answer is the echo backend's 200 for it."""
+    await client.send(wire)
+    reply = await client.read_response()
+    assert reply.status == 200
+    assert reply.body == echo_summary("GET", target, b"")
+    return reply
+
+
+StartRawProxy = Callable[..., Awaitable[Proxy]]
+
+
 @pytest.fixture
-async def raw_servers() -> AsyncIterator[list[RawServer]]:
+async def raw_proxy_factory(proxy_factory: StartProxy) -> AsyncIterator[StartRawProxy]:
+    """A node in front of a `RawServer` running the given stream handler."""
     started: list[RawServer] = []
-    yield started
+
+    async def start(handler: StreamHandler, **sections: Any) -> Proxy:
+        server = await RawServer(handler).start()
+        started.append(server)
+        return await proxy_factory([server.url], **sections)
+
+    yield start
     for server in started:
         await server.stop()
-
-
-async def start_raw(started: list[RawServer], handler: StreamHandler) -> RawServer:
-    server = await RawServer(handler).start()
-    started.append(server)
-    return server
-
-
-async def proxied(
-    backend_factory: StartBackend, node_factory: StartNode, **sections: Any
-) -> tuple[RawClient, list[ReceivedRequest]]:
-    """An echo backend behind a node, and a client connected to the node."""
-    backend = await backend_factory()
-    config = node_config([backend.url], **sections)
-    await node_factory(config)
-    client = await RawClient.connect(listener_port(config))
-    return client, backend.requests
 
 
 # ---- keep-alive and pipelining ----
 
 
 async def test_keep_alive_requests_reuse_one_upstream_connection(
-    backend_factory: StartBackend, node_factory: StartNode
+    proxied: Proxied,
 ) -> None:
-    backend = await backend_factory()
-    config = node_config([backend.url])
-    await node_factory(config)
-    client = await RawClient.connect(listener_port(config))
+    client = await proxied.connect()
     for index in range(4):
-        await client.send(get(f"/keep/{index}"))
-        reply = await client.read_response()
-        assert reply.status == 200
-        assert reply.body == echo_summary("GET", f"/keep/{index}", b"")
-    assert [request.target for request in backend.requests] == [f"/keep/{i}" for i in range(4)]
-    assert {request.connection_id for request in backend.requests} == {1}
-    assert backend.connections == 1
+        await assert_echoed(client, get(f"/keep/{index}"), f"/keep/{index}")
+    assert [request.target for request in proxied.backend.requests] == [
+        f"/keep/{i}" for i in range(4)
+    ]
+    assert {request.connection_id for request in proxied.backend.requests} == {1}
+    assert proxied.backend.connections == 1
     await client.close()
 
 
-async def test_pipelined_gets_are_answered_in_order(
-    backend_factory: StartBackend, node_factory: StartNode
-) -> None:
+async def test_pipelined_gets_are_answered_in_order(proxied_factory: StartProxied) -> None:
     async def slow_first(request: ReceivedRequest, writer: asyncio.StreamWriter) -> bool:
         if request.target == "/first":
             await asyncio.sleep(0.05)  # a slow first answer must still come first
         writer.write(response(200, f"answer for {request.target}".encode()))
         return True
 
-    backend = await backend_factory(slow_first)
-    config = node_config([backend.url])
-    await node_factory(config)
-    client = await RawClient.connect(listener_port(config))
+    proxied = await proxied_factory(slow_first)
+    client = await proxied.connect()
     paths = ["/first", "/second", "/third", "/fourth"]
     await client.send(b"".join(get(path) for path in paths))
     bodies = [(await client.read_response()).body for _ in paths]
     assert bodies == [f"answer for {path}".encode() for path in paths]
-    assert [request.target for request in backend.requests] == paths
+    assert [request.target for request in proxied.backend.requests] == paths
     assert not await client.is_closed(timeout=0.1)
     await client.close()
 
 
 async def test_pipelined_posts_with_bodies_are_answered_in_order(
-    backend_factory: StartBackend, node_factory: StartNode
+    proxied: Proxied,
 ) -> None:
-    client, requests = await proxied(backend_factory, node_factory)
+    client = await proxied.connect()
     bodies = [b"alpha", os.urandom(20_000), b"", b"omega" * 100]
     wire = b"".join(
         b"POST /post/%d HTTP/1.1\r\nHost: example.test\r\nContent-Length: %d\r\n\r\n%s"
@@ -136,42 +130,31 @@ async def test_pipelined_posts_with_bodies_are_answered_in_order(
         reply = await client.read_response()
         assert reply.status == 200
         assert reply.body == echo_summary("POST", f"/post/{index}", body)
-    assert [request.body for request in requests] == bodies
+    assert [request.body for request in proxied.backend.requests] == bodies
     await client.close()
 
 
 # ---- HTTP/1.0 and Connection: close ----
 
 
-async def test_http10_request_is_answered_and_closed(
-    backend_factory: StartBackend, node_factory: StartNode
-) -> None:
-    client, requests = await proxied(backend_factory, node_factory)
-    await client.send(b"GET /old HTTP/1.0\r\nHost: example.test\r\n\r\n")
-    reply = await client.read_response()
-    assert reply.status == 200
-    assert reply.body == echo_summary("GET", "/old", b"")
+async def test_http10_request_is_answered_and_closed(proxied: Proxied) -> None:
+    client = await proxied.connect()
+    reply = await assert_echoed(client, b"GET /old HTTP/1.0\r\nHost: example.test\r\n\r\n", "/old")
     assert (reply.header("Connection") or "").lower() == "close"
     assert await client.is_closed()
-    assert requests[0].header("Host") == "example.test"
+    assert proxied.backend.requests[0].header("Host") == "example.test"
 
 
-async def test_http10_request_without_host_is_answered(
-    backend_factory: StartBackend, node_factory: StartNode
-) -> None:
-    client, requests = await proxied(backend_factory, node_factory)
-    await client.send(b"GET /no-host HTTP/1.0\r\n\r\n")
-    reply = await client.read_response()
-    assert reply.status == 200
-    assert reply.body == echo_summary("GET", "/no-host", b"")
+async def test_http10_request_without_host_is_answered(proxied: Proxied) -> None:
+    client = await proxied.connect()
+    await assert_echoed(client, b"GET /no-host HTTP/1.0\r\n\r\n", "/no-host")
     assert await client.is_closed()
-    assert len(requests[0].headers_named("Host")) == 1  # the backend still gets a Host
+    # The backend still gets a Host.
+    assert len(proxied.backend.requests[0].headers_named("Host")) == 1
 
 
-async def test_http10_keep_alive_is_honoured(
-    backend_factory: StartBackend, node_factory: StartNode
-) -> None:
-    client, _ = await proxied(backend_factory, node_factory)
+async def test_http10_keep_alive_is_honoured(proxied: Proxied) -> None:
+    client = await proxied.connect()
     request = b"GET /ka HTTP/1.0\r\nHost: example.test\r\nConnection: keep-alive\r\n\r\n"
     for _ in range(2):
         await client.send(request)
@@ -182,19 +165,14 @@ async def test_http10_keep_alive_is_honoured(
 
 
 async def test_http10_client_gets_chunked_response_close_delimited(
-    backend_factory: StartBackend, node_factory: StartNode
+    proxied_factory: StartProxied,
 ) -> None:
-    async def chunked(request: ReceivedRequest, writer: asyncio.StreamWriter) -> bool:
-        writer.write(
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-            b"6\r\nhello \r\n5\r\nworld\r\n0\r\n\r\n"
-        )
-        return True
-
-    backend = await backend_factory(chunked)
-    config = node_config([backend.url])
-    await node_factory(config)
-    client = await RawClient.connect(listener_port(config))
+    chunked = fixed_reply(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"6\r\nhello \r\n5\r\nworld\r\n0\r\n\r\n"
+    )
+    proxied = await proxied_factory(chunked)
+    client = await proxied.connect()
     await client.send(b"GET / HTTP/1.0\r\nHost: example.test\r\n\r\n")
     reply = await client.read_response()
     assert reply.status == 200
@@ -202,26 +180,19 @@ async def test_http10_client_gets_chunked_response_close_delimited(
     assert reply.body == b"hello world"  # read to EOF: the close delimits it
 
 
-async def test_connection_close_on_http11_is_honoured(
-    backend_factory: StartBackend, node_factory: StartNode
-) -> None:
-    client, requests = await proxied(backend_factory, node_factory)
-    await client.send(get("/bye", extra="Connection: close\r\n"))
-    reply = await client.read_response()
-    assert reply.status == 200
-    assert reply.body == echo_summary("GET", "/bye", b"")
+async def test_connection_close_on_http11_is_honoured(proxied: Proxied) -> None:
+    client = await proxied.connect()
+    reply = await assert_echoed(client, get("/bye", extra="Connection: close\r\n"), "/bye")
     assert (reply.header("Connection") or "").lower() == "close"
     assert await client.is_closed()
-    assert [request.target for request in requests] == ["/bye"]
+    assert [request.target for request in proxied.backend.requests] == ["/bye"]
 
 
 # ---- request bodies ----
 
 
-async def test_content_length_body_arrives_intact(
-    backend_factory: StartBackend, node_factory: StartNode
-) -> None:
-    client, requests = await proxied(backend_factory, node_factory)
+async def test_content_length_body_arrives_intact(proxied: Proxied) -> None:
+    client = await proxied.connect()
     body = os.urandom(300_000)
     await client.send(
         b"POST /upload HTTP/1.1\r\nHost: example.test\r\nContent-Length: %d\r\n\r\n" % len(body)
@@ -230,16 +201,14 @@ async def test_content_length_body_arrives_intact(
         await client.send(body[start : start + 70_000])
     reply = await client.read_response()
     assert reply.body == echo_summary("POST", "/upload", body)
-    seen = requests[0]
+    seen = proxied.backend.requests[0]
     assert seen.headers_named("Content-Length") == [str(len(body))]
     assert seen.headers_named("Transfer-Encoding") == []
     await client.close()
 
 
-async def test_chunked_body_arrives_intact_and_stays_chunked(
-    backend_factory: StartBackend, node_factory: StartNode
-) -> None:
-    client, requests = await proxied(backend_factory, node_factory)
+async def test_chunked_body_arrives_intact_and_stays_chunked(proxied: Proxied) -> None:
+    client = await proxied.connect()
     parts = [b"first part ", os.urandom(40_000), b"", b"x" * 4096]
     wire = b"".join(b"%x;ext=1\r\n%s\r\n" % (len(part), part) for part in parts if part)
     await client.send(
@@ -250,15 +219,13 @@ async def test_chunked_body_arrives_intact_and_stays_chunked(
     reply = await client.read_response()
     body = b"".join(parts)
     assert reply.body == echo_summary("POST", "/chunks", body)
-    seen = requests[0]
+    seen = proxied.backend.requests[0]
     assert [value.lower() for value in seen.headers_named("Transfer-Encoding")] == ["chunked"]
     assert seen.headers_named("Content-Length") == []
     await client.close()
 
 
-async def test_large_upload_is_streamed(
-    node_factory: StartNode, raw_servers: list[RawServer], piece: bytes
-) -> None:
+async def test_large_upload_is_streamed(raw_proxy_factory: StartRawProxy, piece: bytes) -> None:
     seen: list[tuple[str | None, str | None, str, int]] = []
 
     async def hashing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -276,10 +243,8 @@ async def test_large_upload_is_streamed(
         writer.write(response(200, digest.encode()))
         await writer.drain()
 
-    server = await start_raw(raw_servers, hashing)
-    config = node_config([server.url], limits={"max_request_body_bytes": "200MiB"})
-    await node_factory(config)
-    client = await RawClient.connect(listener_port(config))
+    proxy = await raw_proxy_factory(hashing, limits={"max_request_body_bytes": "200MiB"})
+    client = await proxy.connect()
     total = PIECE * LARGE_PIECES
     expected = large_digest(piece)
     async with RssSampler() as rss:
@@ -298,7 +263,7 @@ async def test_large_upload_is_streamed(
 
 @pytest.mark.parametrize("framing", ["content-length", "chunked"])
 async def test_large_download_is_streamed(
-    node_factory: StartNode, raw_servers: list[RawServer], piece: bytes, framing: str
+    raw_proxy_factory: StartRawProxy, piece: bytes, framing: str
 ) -> None:
     total = PIECE * LARGE_PIECES
 
@@ -320,10 +285,8 @@ async def test_large_download_is_streamed(
         await writer.drain()
         await reader.read()  # keep the connection until the proxy closes it
 
-    server = await start_raw(raw_servers, big)
-    config = node_config([server.url])
-    await node_factory(config)
-    client = await RawClient.connect(listener_port(config))
+    proxy = await raw_proxy_factory(big)
+    client = await proxy.connect()
     async with RssSampler() as rss:
         await client.send(get("/big"))
         status_line, headers = await asyncio.wait_for(read_head(client.reader), 5)
@@ -343,20 +306,13 @@ async def test_large_download_is_streamed(
 # ---- response framings ----
 
 
-async def test_chunked_response_is_rechunked_with_trailers(
-    backend_factory: StartBackend, node_factory: StartNode
-) -> None:
-    async def with_trailers(request: ReceivedRequest, writer: asyncio.StreamWriter) -> bool:
-        writer.write(
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum, X-Count\r\n"
-            b"\r\n5\r\nhello\r\n6;ext=y\r\n world\r\n0\r\nX-Checksum: abc123\r\nX-Count: 2\r\n\r\n"
-        )
-        return True
-
-    backend = await backend_factory(with_trailers)
-    config = node_config([backend.url])
-    await node_factory(config)
-    client = await RawClient.connect(listener_port(config))
+async def test_chunked_response_is_rechunked_with_trailers(proxied_factory: StartProxied) -> None:
+    with_trailers = fixed_reply(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum, X-Count\r\n"
+        b"\r\n5\r\nhello\r\n6;ext=y\r\n world\r\n0\r\nX-Checksum: abc123\r\nX-Count: 2\r\n\r\n"
+    )
+    proxied = await proxied_factory(with_trailers)
+    client = await proxied.connect()
     for _ in range(2):  # the connection stays usable after a chunked response
         await client.send(get("/trailers", extra="TE: trailers\r\n"))
         reply = await client.read_response()
@@ -370,17 +326,15 @@ async def test_chunked_response_is_rechunked_with_trailers(
 
 
 async def test_close_delimited_response_is_chunked_to_http11_client(
-    backend_factory: StartBackend, node_factory: StartNode
+    proxied_factory: StartProxied,
 ) -> None:
     async def close_delimited(request: ReceivedRequest, writer: asyncio.StreamWriter) -> bool:
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n")
         writer.write(f"body of {request.target} ".encode() * 1000)
         return False  # the close ends the body
 
-    backend = await backend_factory(close_delimited)
-    config = node_config([backend.url])
-    await node_factory(config)
-    client = await RawClient.connect(listener_port(config))
+    proxied = await proxied_factory(close_delimited)
+    client = await proxied.connect()
     for path in ["/one", "/two"]:  # the client connection stays usable
         await client.send(get(path))
         reply = await client.read_response()
@@ -388,12 +342,12 @@ async def test_close_delimited_response_is_chunked_to_http11_client(
         assert (reply.header("Transfer-Encoding") or "").lower() == "chunked"
         assert reply.body == f"body of {path} ".encode() * 1000
         assert (reply.header("Connection") or "").lower() != "close"
-    assert backend.connections == 2
+    assert proxied.backend.connections == 2
     await client.close()
 
 
 async def test_head_response_has_no_body_and_connection_stays_usable(
-    backend_factory: StartBackend, node_factory: StartNode
+    proxied_factory: StartProxied,
 ) -> None:
     async def head_aware(request: ReceivedRequest, writer: asyncio.StreamWriter) -> bool:
         if request.method == "HEAD":
@@ -404,10 +358,8 @@ async def test_head_response_has_no_body_and_connection_stays_usable(
             writer.write(response(200, f"got {request.method} {request.target}".encode()))
         return True
 
-    backend = await backend_factory(head_aware)
-    config = node_config([backend.url])
-    await node_factory(config)
-    client = await RawClient.connect(listener_port(config))
+    proxied = await proxied_factory(head_aware)
+    client = await proxied.connect()
     await client.send(b"HEAD /h HTTP/1.1\r\nHost: example.test\r\n\r\n")
     reply = await client.read_response(head_request=True)
     assert reply.status == 200
@@ -416,8 +368,8 @@ async def test_head_response_has_no_body_and_connection_stays_usable(
     await client.send(get("/after"))
     reply = await client.read_response()
     assert reply.body == b"got GET /after"  # no stray body bytes came before it
-    assert [request.target for request in backend.requests] == ["/h", "/after"]
-    assert backend.connections == 1  # and the upstream connection was reused
+    assert [request.target for request in proxied.backend.requests] == ["/h", "/after"]
+    assert proxied.backend.connections == 1  # and the upstream connection was reused
     await client.close()
 
 
@@ -431,7 +383,7 @@ async def test_head_response_has_no_body_and_connection_stays_usable(
     ids=["204", "304", "304-with-length"],
 )
 async def test_bodyless_status_keeps_connection_usable(
-    backend_factory: StartBackend, node_factory: StartNode, head: bytes
+    proxied_factory: StartProxied, head: bytes
 ) -> None:
     async def bodyless(request: ReceivedRequest, writer: asyncio.StreamWriter) -> bool:
         if request.target == "/empty":
@@ -440,10 +392,8 @@ async def test_bodyless_status_keeps_connection_usable(
             writer.write(response(200, b"after"))
         return True
 
-    backend = await backend_factory(bodyless)
-    config = node_config([backend.url])
-    await node_factory(config)
-    client = await RawClient.connect(listener_port(config))
+    proxied = await proxied_factory(bodyless)
+    client = await proxied.connect()
     await client.send(get("/empty"))
     reply = await client.read_response()
     assert reply.status == int(head.split(b" ")[1])
@@ -453,16 +403,14 @@ async def test_bodyless_status_keeps_connection_usable(
     reply = await client.read_response()
     assert reply.status == 200
     assert reply.body == b"after"
-    assert backend.connections == 1
+    assert proxied.backend.connections == 1
     await client.close()
 
 
 # ---- Expect: 100-continue ----
 
 
-async def test_expect_100_continue_is_relayed(
-    node_factory: StartNode, raw_servers: list[RawServer]
-) -> None:
+async def test_expect_100_continue_is_relayed(raw_proxy_factory: StartRawProxy) -> None:
     seen: list[list[tuple[str, str]]] = []
 
     async def continuing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -475,10 +423,8 @@ async def test_expect_100_continue_is_relayed(
         await writer.drain()
         await reader.read()
 
-    server = await start_raw(raw_servers, continuing)
-    config = node_config([server.url])
-    await node_factory(config)
-    client = await RawClient.connect(listener_port(config))
+    proxy = await raw_proxy_factory(continuing)
+    client = await proxy.connect()
     body = os.urandom(10_000)
     await client.send(
         b"POST /expect HTTP/1.1\r\nHost: example.test\r\nExpect: 100-continue\r\n"
@@ -496,10 +442,8 @@ async def test_expect_100_continue_is_relayed(
 # ---- hop-by-hop headers ----
 
 
-async def test_hop_by_hop_request_headers_are_removed(
-    backend_factory: StartBackend, node_factory: StartNode
-) -> None:
-    client, requests = await proxied(backend_factory, node_factory)
+async def test_hop_by_hop_request_headers_are_removed(proxied: Proxied) -> None:
+    client = await proxied.connect()
     await client.send(
         get(
             "/hop",
@@ -509,38 +453,31 @@ async def test_hop_by_hop_request_headers_are_removed(
     )
     reply = await client.read_response()
     assert reply.status == 200
-    names = {name.lower() for name, _ in requests[0].headers}
+    names = {name.lower() for name, _ in proxied.backend.requests[0].headers}
     for hop in ["connection", "x-secret", "keep-alive", "te", "proxy-connection"]:
         assert hop not in names, f"{hop} reached the backend"
-    assert requests[0].header("X-Kept") == "yes"
+    assert proxied.backend.requests[0].header("X-Kept") == "yes"
     await client.send(get("/again"))  # keep-alive still honoured
     assert (await client.read_response()).status == 200
     await client.close()
 
 
-async def test_hop_by_hop_response_headers_are_removed(
-    backend_factory: StartBackend, node_factory: StartNode
-) -> None:
-    async def leaky(request: ReceivedRequest, writer: asyncio.StreamWriter) -> bool:
-        writer.write(
-            response(
-                200,
-                b"ok",
-                {
-                    "Connection": "X-Internal",
-                    "X-Internal": "1",
-                    "Keep-Alive": "timeout=5",
-                    "Proxy-Connection": "keep-alive",
-                    "X-Public": "yes",
-                },
-            )
+async def test_hop_by_hop_response_headers_are_removed(proxied_factory: StartProxied) -> None:
+    leaky = fixed_reply(
+        response(
+            200,
+            b"ok",
+            {
+                "Connection": "X-Internal",
+                "X-Internal": "1",
+                "Keep-Alive": "timeout=5",
+                "Proxy-Connection": "keep-alive",
+                "X-Public": "yes",
+            },
         )
-        return True
-
-    backend = await backend_factory(leaky)
-    config = node_config([backend.url])
-    await node_factory(config)
-    client = await RawClient.connect(listener_port(config))
+    )
+    proxied = await proxied_factory(leaky)
+    client = await proxied.connect()
     await client.send(get("/hop"))
     reply = await client.read_response()
     assert reply.status == 200
@@ -562,30 +499,36 @@ FAKE_FORWARDING = (
 )
 
 
-async def test_forwarding_headers_from_untrusted_client_are_replaced(
-    backend_factory: StartBackend, node_factory: StartNode
-) -> None:
-    client, requests = await proxied(backend_factory, node_factory)
-    await client.send(get("/fwd", host=CLIENT_HOST, extra=FAKE_FORWARDING))
+async def forwarded(
+    proxied_factory: StartProxied, extra: str = "", **sections: Any
+) -> ReceivedRequest:
+    """What the echo backend received for `GET /fwd` with Host `CLIENT_HOST` and `extra`."""
+    proxied = await proxied_factory(**sections)
+    client = await proxied.connect()
+    await client.send(get("/fwd", host=CLIENT_HOST, extra=extra))
     assert (await client.read_response()).status == 200
-    seen = requests[0]
+    await client.close()
+    return proxied.backend.requests[0]
+
+
+TRUSTING_LOOPBACK = {"trusted_proxies": ["127.0.0.0/8"]}
+
+
+async def test_forwarding_headers_from_untrusted_client_are_replaced(
+    proxied_factory: StartProxied,
+) -> None:
+    seen = await forwarded(proxied_factory, FAKE_FORWARDING)
     assert seen.headers_named("Host") == [CLIENT_HOST]
     assert seen.headers_named("X-Forwarded-For") == ["127.0.0.1"]
     assert seen.headers_named("X-Forwarded-Proto") == ["http"]
     assert seen.headers_named("X-Forwarded-Host") == [CLIENT_HOST]
     assert seen.headers_named("Forwarded") == [f'for=127.0.0.1;proto=http;host="{CLIENT_HOST}"']
-    await client.close()
 
 
 async def test_forwarding_headers_from_trusted_proxy_are_extended(
-    backend_factory: StartBackend, node_factory: StartNode
+    proxied_factory: StartProxied,
 ) -> None:
-    client, requests = await proxied(
-        backend_factory, node_factory, security={"trusted_proxies": ["127.0.0.0/8"]}
-    )
-    await client.send(get("/fwd", host=CLIENT_HOST, extra=FAKE_FORWARDING))
-    assert (await client.read_response()).status == 200
-    seen = requests[0]
+    seen = await forwarded(proxied_factory, FAKE_FORWARDING, security=TRUSTING_LOOPBACK)
     assert seen.headers_named("Host") == [CLIENT_HOST]
     assert ", ".join(seen.headers_named("X-Forwarded-For")) == "1.2.3.4, 127.0.0.1"
     assert ", ".join(seen.headers_named("Forwarded")) == (
@@ -593,19 +536,12 @@ async def test_forwarding_headers_from_trusted_proxy_are_extended(
     )
     assert seen.headers_named("X-Forwarded-Proto") == ["https"]
     assert seen.headers_named("X-Forwarded-Host") == ["origin.example"]
-    await client.close()
 
 
 async def test_forwarding_headers_without_incoming_ones_from_trusted_proxy(
-    backend_factory: StartBackend, node_factory: StartNode
+    proxied_factory: StartProxied,
 ) -> None:
-    client, requests = await proxied(
-        backend_factory, node_factory, security={"trusted_proxies": ["127.0.0.0/8"]}
-    )
-    await client.send(get("/fwd", host=CLIENT_HOST))
-    assert (await client.read_response()).status == 200
-    seen = requests[0]
+    seen = await forwarded(proxied_factory, security=TRUSTING_LOOPBACK)
     assert seen.headers_named("X-Forwarded-For") == ["127.0.0.1"]
     assert seen.headers_named("X-Forwarded-Proto") == ["http"]
     assert seen.headers_named("X-Forwarded-Host") == [CLIENT_HOST]
-    await client.close()

@@ -11,7 +11,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-import yaml
 
 from loadweaver.config.loader import load_default_config
 from loadweaver.node import Node, NodeStartError
@@ -19,7 +18,7 @@ from loadweaver.proxy.listener import ListenError
 from tests.conftest import StartBackend
 from tests.support.backend import ReceivedRequest, response
 from tests.support.client import RawClient, get
-from tests.support.nodes import NodeProcess, admin_port, node_config
+from tests.support.nodes import NodeProcess, admin_port, node_config, write_config
 
 SLOW_SECONDS = 1.0
 
@@ -352,11 +351,6 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 def assert_no_traceback(result: subprocess.CompletedProcess[str]) -> None:
     assert "Traceback" not in result.stdout
     assert "Traceback" not in result.stderr
-
-
-def write_config(path: Path, data: dict[str, Any]) -> Path:
-    path.write_text(yaml.safe_dump(data))
-    return path
 
 
 VALID = {

@@ -12,30 +12,17 @@ from typing import Any
 
 import pytest
 
-from loadweaver.node import Node
-from tests.conftest import StartBackend, StartNode
-from tests.support.backend import Backend
+from tests.conftest import StartProxied, StartProxy
 from tests.support.client import RawClient, RawResponse, get
 from tests.support.framing import local_replies, tls_client_hello
-from tests.support.nodes import listener_port, node_config
+from tests.support.nodes import Proxied
 
 SHORT_BODY = 200
 
 
-async def proxied(
-    backend_factory: StartBackend, node_factory: StartNode, **sections: Any
-) -> tuple[RawClient, Backend, Node]:
-    backend = await backend_factory()
-    config = node_config([backend.url], **sections)
-    node = await node_factory(config)
-    client = await RawClient.connect(listener_port(config))
-    return client, backend, node
-
-
 async def assert_rejected(
     client: RawClient,
-    backend: Backend,
-    node: Node,
+    proxied: Proxied,
     statuses: Collection[int],
     *,
     closes: bool = True,
@@ -49,12 +36,28 @@ async def assert_rejected(
     if closes:
         assert (reply.header("Connection") or "").lower() == "close"
         assert await client.is_closed(), "the connection must be closed after the rejection"
-    assert backend.requests == [], "the backend received a rejected request"
-    counted = local_replies(node.metrics.registry, reply.status)
+    assert proxied.backend.requests == [], "the backend received a rejected request"
+    counted = local_replies(proxied.node.metrics.registry, reply.status)
     assert sum(counted.values()) == 1, f"local replies counted: {counted}"
     if reason is not None:
         assert counted.get(reason) == 1, f"local replies counted: {counted}"
     return reply
+
+
+async def assert_request_rejected(
+    proxied_factory: StartProxied,
+    wire: bytes,
+    statuses: Collection[int],
+    *,
+    reason: str | None = None,
+    **sections: Any,
+) -> None:
+    """Sends `wire` to a node (configured with `sections`) in front of an echo backend, on a
+    new connection, and checks it is rejected as `assert_rejected` describes."""
+    proxied = await proxied_factory(**sections)
+    client = await proxied.connect()
+    await client.send(wire)
+    await assert_rejected(client, proxied, statuses, reason=reason)
 
 
 def post(headers: str, body: bytes = b"") -> bytes:
@@ -91,13 +94,9 @@ FRAMING_CASES: dict[str, tuple[bytes, set[int]]] = {
 
 
 @pytest.mark.parametrize("case", list(FRAMING_CASES), ids=list(FRAMING_CASES))
-async def test_ambiguous_framing_is_rejected(
-    backend_factory: StartBackend, node_factory: StartNode, case: str
-) -> None:
+async def test_ambiguous_framing_is_rejected(proxied_factory: StartProxied, case: str) -> None:
     wire, statuses = FRAMING_CASES[case]
-    client, backend, node = await proxied(backend_factory, node_factory)
-    await client.send(wire)
-    await assert_rejected(client, backend, node, statuses)
+    await assert_request_rejected(proxied_factory, wire, statuses)
 
 
 # ---- malformed heads ----
@@ -122,57 +121,50 @@ HEAD_CASES: dict[str, tuple[bytes, str | None]] = {
 
 
 @pytest.mark.parametrize("case", list(HEAD_CASES), ids=list(HEAD_CASES))
-async def test_malformed_head_is_rejected(
-    backend_factory: StartBackend, node_factory: StartNode, case: str
-) -> None:
+async def test_malformed_head_is_rejected(proxied_factory: StartProxied, case: str) -> None:
     wire, reason = HEAD_CASES[case]
-    client, backend, node = await proxied(backend_factory, node_factory)
-    await client.send(wire)
-    await assert_rejected(client, backend, node, {400}, reason=reason)
+    await assert_request_rejected(proxied_factory, wire, {400}, reason=reason)
 
 
 # ---- size limits ----
 
 
-async def test_header_block_over_limit_is_431(
-    backend_factory: StartBackend, node_factory: StartNode
-) -> None:
-    client, backend, node = await proxied(
-        backend_factory, node_factory, limits={"max_header_bytes": "4KiB"}
-    )
+async def test_header_block_over_limit_is_431(proxied_factory: StartProxied) -> None:
     filler = "".join(f"X-Fill-{index}: {'v' * 500}\r\n" for index in range(16))  # ~8 KiB
-    await client.send(get("/", extra=filler))
-    await assert_rejected(client, backend, node, {431}, reason="headers_too_large")
-
-
-async def test_header_block_under_limit_passes(
-    backend_factory: StartBackend, node_factory: StartNode
-) -> None:
-    client, backend, _ = await proxied(
-        backend_factory, node_factory, limits={"max_header_bytes": "4KiB"}
+    await assert_request_rejected(
+        proxied_factory,
+        get("/", extra=filler),
+        {431},
+        reason="headers_too_large",
+        limits={"max_header_bytes": "4KiB"},
     )
+
+
+async def test_header_block_under_limit_passes(proxied_factory: StartProxied) -> None:
+    proxied = await proxied_factory(limits={"max_header_bytes": "4KiB"})
+    client = await proxied.connect()
     filler = "".join(f"X-Fill-{index}: {'v' * 500}\r\n" for index in range(4))  # ~2 KiB
     await client.send(get("/", extra=filler))
     assert (await client.read_response()).status == 200
-    assert len(backend.requests) == 1
+    assert len(proxied.backend.requests) == 1
     await client.close()
 
 
-async def test_too_many_headers_is_431(
-    backend_factory: StartBackend, node_factory: StartNode
-) -> None:
-    client, backend, node = await proxied(backend_factory, node_factory, limits={"max_headers": 10})
-    await client.send(get("/", extra="".join(f"X-H{index}: {index}\r\n" for index in range(20))))
-    await assert_rejected(client, backend, node, {431}, reason="headers_too_large")
-
-
-async def test_huge_header_in_many_writes_is_431_early(
-    backend_factory: StartBackend, node_factory: StartNode
-) -> None:
-    """One header value that never ends: the proxy must answer long before it is all sent."""
-    client, backend, node = await proxied(
-        backend_factory, node_factory, limits={"max_header_bytes": "4KiB"}
+async def test_too_many_headers_is_431(proxied_factory: StartProxied) -> None:
+    many = "".join(f"X-H{index}: {index}\r\n" for index in range(20))
+    await assert_request_rejected(
+        proxied_factory,
+        get("/", extra=many),
+        {431},
+        reason="headers_too_large",
+        limits={"max_headers": 10},
     )
+
+
+async def test_huge_header_in_many_writes_is_431_early(proxied_factory: StartProxied) -> None:
+    """One header value that never ends: the proxy must answer long before it is all sent."""
+    proxied = await proxied_factory(limits={"max_header_bytes": "4KiB"})
+    client = await proxied.connect()
     piece = b"a" * 1024
     ceiling = 1024  # 1 MiB at most
     sent = 0
@@ -192,49 +184,48 @@ async def test_huge_header_in_many_writes_is_431_early(
     head = answered.result()
     assert head.split(b" ", 2)[1] == b"431"
     assert sent < 128, f"the proxy read {sent} KiB of one header before answering"
-    assert backend.requests == []
-    assert sum(local_replies(node.metrics.registry, 431).values()) == 1
+    assert proxied.backend.requests == []
+    assert sum(local_replies(proxied.node.metrics.registry, 431).values()) == 1
 
 
-async def test_url_over_limit_is_414(
-    backend_factory: StartBackend, node_factory: StartNode
-) -> None:
-    client, backend, node = await proxied(
-        backend_factory, node_factory, limits={"max_url_bytes": "1KiB"}
+async def test_url_over_limit_is_414(proxied_factory: StartProxied) -> None:
+    await assert_request_rejected(
+        proxied_factory,
+        get("/" + "u" * 2048),
+        {414},
+        reason="url_too_long",
+        limits={"max_url_bytes": "1KiB"},
     )
-    await client.send(get("/" + "u" * 2048))
-    await assert_rejected(client, backend, node, {414}, reason="url_too_long")
 
 
-async def test_body_over_limit_with_content_length_is_413(
-    backend_factory: StartBackend, node_factory: StartNode
-) -> None:
-    client, backend, node = await proxied(
-        backend_factory, node_factory, limits={"max_request_body_bytes": 1000}
+async def test_body_over_limit_with_content_length_is_413(proxied_factory: StartProxied) -> None:
+    await assert_request_rejected(
+        proxied_factory,
+        post("Content-Length: 5000\r\n", b"b" * 5000),
+        {413},
+        reason="body_too_large",
+        limits={"max_request_body_bytes": 1000},
     )
-    await client.send(post("Content-Length: 5000\r\n", b"b" * 5000))
-    await assert_rejected(client, backend, node, {413}, reason="body_too_large")
 
 
-async def test_body_at_limit_passes(backend_factory: StartBackend, node_factory: StartNode) -> None:
-    client, backend, _ = await proxied(
-        backend_factory, node_factory, limits={"max_request_body_bytes": 1000}
-    )
+async def test_body_at_limit_passes(proxied_factory: StartProxied) -> None:
+    proxied = await proxied_factory(limits={"max_request_body_bytes": 1000})
+    client = await proxied.connect()
     await client.send(post("Content-Length: 1000\r\n", b"b" * 1000))
     assert (await client.read_response()).status == 200
-    assert len(backend.requests[0].body) == 1000
+    assert len(proxied.backend.requests[0].body) == 1000
     await client.close()
 
 
-async def test_chunked_body_over_limit_is_413(
-    backend_factory: StartBackend, node_factory: StartNode
-) -> None:
-    client, backend, node = await proxied(
-        backend_factory, node_factory, limits={"max_request_body_bytes": 1000}
-    )
+async def test_chunked_body_over_limit_is_413(proxied_factory: StartProxied) -> None:
     chunks = b"".join(b"1f4\r\n" + b"c" * 500 + b"\r\n" for _ in range(10)) + b"0\r\n\r\n"
-    await client.send(post("Transfer-Encoding: chunked\r\n", chunks))
-    await assert_rejected(client, backend, node, {413}, reason="body_too_large")
+    await assert_request_rejected(
+        proxied_factory,
+        post("Transfer-Encoding: chunked\r\n", chunks),
+        {413},
+        reason="body_too_large",
+        limits={"max_request_body_bytes": 1000},
+    )
 
 
 # ---- not HTTP at all ----
@@ -247,29 +238,26 @@ GARBAGE_CASES: dict[str, bytes] = {
 
 
 @pytest.mark.parametrize("case", list(GARBAGE_CASES), ids=list(GARBAGE_CASES))
-async def test_garbage_is_400_and_closed(
-    backend_factory: StartBackend, node_factory: StartNode, case: str
-) -> None:
-    client, backend, node = await proxied(backend_factory, node_factory)
-    await client.send(GARBAGE_CASES[case])
-    await assert_rejected(client, backend, node, {400})
+async def test_garbage_is_400_and_closed(proxied_factory: StartProxied, case: str) -> None:
+    await assert_request_rejected(proxied_factory, GARBAGE_CASES[case], {400})
 
 
-async def test_connect_method_is_405(
-    backend_factory: StartBackend, node_factory: StartNode
-) -> None:
-    client, backend, node = await proxied(backend_factory, node_factory)
-    await client.send(b"CONNECT example.test:443 HTTP/1.1\r\nHost: example.test:443\r\n\r\n")
-    await assert_rejected(client, backend, node, {405}, reason="connect_not_allowed")
+async def test_connect_method_is_405(proxied_factory: StartProxied) -> None:
+    await assert_request_rejected(
+        proxied_factory,
+        b"CONNECT example.test:443 HTTP/1.1\r\nHost: example.test:443\r\n\r\n",
+        {405},
+        reason="connect_not_allowed",
+    )
 
 
 # ---- ordering with pipelining ----
 
 
 async def test_valid_request_before_malformed_one_is_answered_first(
-    backend_factory: StartBackend, node_factory: StartNode
+    proxied: Proxied,
 ) -> None:
-    client, backend, node = await proxied(backend_factory, node_factory)
+    client = await proxied.connect()
     await client.send(get("/valid") + b"GET /bad HTTP/1.1\r\nHost : example.test\r\n\r\n")
     first = await client.read_response()
     assert first.status == 200
@@ -279,42 +267,30 @@ async def test_valid_request_before_malformed_one_is_answered_first(
     assert 0 < len(second.body) < SHORT_BODY
     assert (second.header("Connection") or "").lower() == "close"
     assert await client.is_closed()
-    assert [request.target for request in backend.requests] == ["/valid"]
-    assert sum(local_replies(node.metrics.registry, 400).values()) == 1
+    assert [request.target for request in proxied.backend.requests] == ["/valid"]
+    assert sum(local_replies(proxied.node.metrics.registry, 400).values()) == 1
 
 
 # ---- no route, no backend ----
 
+ONLY_HOST_A = [{"name": "a", "match": {"host": "a.test"}, "pool": "app"}]
 
-async def test_no_route_is_404_and_connection_stays_usable(
-    backend_factory: StartBackend, node_factory: StartNode
-) -> None:
-    backend = await backend_factory()
-    config = node_config(
-        [backend.url],
-        routes=[{"name": "a", "match": {"host": "a.test"}, "pool": "app"}],
-    )
-    node = await node_factory(config)
-    client = await RawClient.connect(listener_port(config))
+
+async def test_no_route_is_404_and_connection_stays_usable(proxied_factory: StartProxied) -> None:
+    proxied = await proxied_factory(routes=ONLY_HOST_A)
+    client = await proxied.connect()
     await client.send(get("/x", host="b.test"))
-    await assert_rejected(client, backend, node, {404}, closes=False, reason="no_route")
+    await assert_rejected(client, proxied, {404}, closes=False, reason="no_route")
     await client.send(get("/y", host="a.test"))
     reply = await client.read_response()
     assert reply.status == 200
-    assert [request.target for request in backend.requests] == ["/y"]
+    assert [request.target for request in proxied.backend.requests] == ["/y"]
     await client.close()
 
 
-async def test_no_route_with_body_is_404(
-    backend_factory: StartBackend, node_factory: StartNode
-) -> None:
-    backend = await backend_factory()
-    config = node_config(
-        [backend.url],
-        routes=[{"name": "a", "match": {"host": "a.test"}, "pool": "app"}],
-    )
-    node = await node_factory(config)
-    client = await RawClient.connect(listener_port(config))
+async def test_no_route_with_body_is_404(proxied_factory: StartProxied) -> None:
+    proxied = await proxied_factory(routes=ONLY_HOST_A)
+    client = await proxied.connect()
     await client.send(
         b"POST /x HTTP/1.1\r\nHost: b.test\r\nContent-Length: 5\r\n\r\nhello"
         + get("/y", host="a.test")
@@ -325,22 +301,21 @@ async def test_no_route_with_body_is_404(
     if (reply.header("Connection") or "").lower() != "close":
         follow = await client.read_response()
         assert follow.status == 200
-        assert [request.target for request in backend.requests] == ["/y"]
+        assert [request.target for request in proxied.backend.requests] == ["/y"]
     else:
         assert await client.is_closed()
-        assert backend.requests == []
-    assert sum(local_replies(node.metrics.registry, 404).values()) == 1
+        assert proxied.backend.requests == []
+    assert sum(local_replies(proxied.node.metrics.registry, 404).values()) == 1
 
 
-async def test_pool_without_backends_is_503(node_factory: StartNode) -> None:
-    config = node_config([])
-    node = await node_factory(config)
-    client = await RawClient.connect(listener_port(config))
+async def test_pool_without_backends_is_503(proxy_factory: StartProxy) -> None:
+    proxy = await proxy_factory([])
+    client = await proxy.connect()
     for _ in range(2):  # the connection stays usable
         await client.send(get("/"))
         reply = await client.read_response()
         assert reply.status == 503
         assert b"no backends configured" in reply.body.lower()
         assert len(reply.body) < SHORT_BODY
-    assert local_replies(node.metrics.registry, 503) == {"no_backend": 2}
+    assert local_replies(proxy.node.metrics.registry, 503) == {"no_backend": 2}
     await client.close()

@@ -1,23 +1,26 @@
 """Routing through a running node: several pools, each with one backend that names itself."""
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from tests.conftest import StartBackend, StartNode
-from tests.support.backend import Backend, ReceivedRequest, response
-from tests.support.client import RawClient, RawResponse, get
-from tests.support.nodes import listener_port, node_config
+import pytest
+
+from tests.conftest import StartBackend, StartProxy
+from tests.support.backend import Backend, Handler, ReceivedRequest, response
+from tests.support.client import RawResponse, get
+from tests.support.nodes import Proxy
 
 
 class Routed:
     """A node whose pools each lead to a backend answering `<pool> <target>`."""
 
-    def __init__(self, port: int, backends: dict[str, Backend]) -> None:
-        self.port = port
+    def __init__(self, proxy: Proxy, backends: dict[str, Backend]) -> None:
+        self.proxy = proxy
         self.backends = backends
 
     async def send(self, data: bytes) -> RawResponse:
-        client = await RawClient.connect(self.port)
+        client = await self.proxy.connect()
         try:
             await client.send(data)
             return await client.read_response(timeout=3.0)
@@ -40,7 +43,7 @@ class Routed:
         return {name: len(backend.requests) for name, backend in self.backends.items()}
 
 
-def named_handler(name: str) -> Any:
+def named_handler(name: str) -> Handler:
     async def handler(request: ReceivedRequest, writer: asyncio.StreamWriter) -> bool:
         writer.write(response(200, f"{name} {request.target}".encode()))
         return True
@@ -48,36 +51,41 @@ def named_handler(name: str) -> Any:
     return handler
 
 
-async def start_routed(
-    backend_factory: StartBackend, node_factory: StartNode, routes: list[dict[str, Any]]
-) -> Routed:
-    names = sorted({route["pool"] for route in routes})
-    backends = {name: await backend_factory(named_handler(name), name=name) for name in names}
-    pools = {name: {"backends": [{"name": "b", "url": backends[name].url}]} for name in names}
-    numbered = [{"name": f"r{index}", **route} for index, route in enumerate(routes)]
-    config = node_config(pools=pools, routes=numbered)
-    await node_factory(config)
-    return Routed(listener_port(config), backends)
+StartRouted = Callable[[list[dict[str, Any]]], Awaitable[Routed]]
 
 
-def host_route(host: str, pool: str, **extra: Any) -> dict[str, Any]:
-    return {"match": {"host": host, **extra.pop("match", {})}, "pool": pool, **extra}
+@pytest.fixture
+def routed_factory(backend_factory: StartBackend, proxy_factory: StartProxy) -> StartRouted:
+    """A node with the given routes (numbered r0, r1, ...) and a named backend for each pool."""
+
+    async def start(routes: list[dict[str, Any]]) -> Routed:
+        names = sorted({route["pool"] for route in routes})
+        backends = {name: await backend_factory(named_handler(name), name=name) for name in names}
+        pools = {name: {"backends": [{"name": "b", "url": backends[name].url}]} for name in names}
+        numbered = [{"name": f"r{index}", **route} for index, route in enumerate(routes)]
+        return Routed(await proxy_factory(pools=pools, routes=numbered), backends)
+
+    return start
+
+
+def route(pool: str, priority: int | None = None, **match: Any) -> dict[str, Any]:
+    """A route to `pool` for requests matching `match` (host, path_prefix, methods, headers)."""
+    spec: dict[str, Any] = {"match": match, "pool": pool}
+    if priority is not None:
+        spec["priority"] = priority
+    return spec
 
 
 # ---- hosts ----
 
 
-async def test_exact_host_beats_wildcard_beats_catch_all(
-    backend_factory: StartBackend, node_factory: StartNode
-) -> None:
-    routed = await start_routed(
-        backend_factory,
-        node_factory,
+async def test_exact_host_beats_wildcard_beats_catch_all(routed_factory: StartRouted) -> None:
+    routed = await routed_factory(
         [
-            host_route("*", "anyhost"),
-            host_route("*.example.com", "wild"),
-            host_route("a.example.com", "exact"),
-        ],
+            route("anyhost", host="*"),
+            route("wild", host="*.example.com"),
+            route("exact", host="a.example.com"),
+        ]
     )
     assert await routed.pool_for(host="a.example.com") == "exact"
     assert await routed.pool_for(host="b.example.com") == "wild"
@@ -85,13 +93,9 @@ async def test_exact_host_beats_wildcard_beats_catch_all(
     assert routed.received() == {"anyhost": 1, "exact": 1, "wild": 1}
 
 
-async def test_host_match_ignores_port_and_case(
-    backend_factory: StartBackend, node_factory: StartNode
-) -> None:
-    routed = await start_routed(
-        backend_factory,
-        node_factory,
-        [host_route("A.Example.COM", "exact"), host_route("*.Wild.Test", "wild")],
+async def test_host_match_ignores_port_and_case(routed_factory: StartRouted) -> None:
+    routed = await routed_factory(
+        [route("exact", host="A.Example.COM"), route("wild", host="*.Wild.Test")]
     )
     assert await routed.pool_for(host="a.example.com") == "exact"
     assert await routed.pool_for(host="A.EXAMPLE.com") == "exact"
@@ -101,32 +105,22 @@ async def test_host_match_ignores_port_and_case(
     assert await routed.pool_for(host="b.example.com") is None
 
 
-async def test_host_is_forwarded_as_the_client_sent_it(
-    backend_factory: StartBackend, node_factory: StartNode
-) -> None:
-    routed = await start_routed(
-        backend_factory, node_factory, [host_route("a.example.com", "exact")]
-    )
+async def test_host_is_forwarded_as_the_client_sent_it(routed_factory: StartRouted) -> None:
+    routed = await routed_factory([route("exact", host="a.example.com")])
     assert await routed.pool_for(host="A.Example.com:8080") == "exact"
     assert routed.backends["exact"].requests[0].header("Host") == "A.Example.com:8080"
 
 
-async def test_ipv6_literal_host_with_port_matches_its_route(
-    backend_factory: StartBackend, node_factory: StartNode
-) -> None:
-    routed = await start_routed(
-        backend_factory, node_factory, [host_route("[::1]", "v6"), host_route("*", "anyhost")]
-    )
+async def test_ipv6_literal_host_with_port_matches_its_route(routed_factory: StartRouted) -> None:
+    routed = await routed_factory([route("v6", host="[::1]"), route("anyhost", host="*")])
     assert await routed.pool_for(host="[::1]") == "v6"
     assert await routed.pool_for(host="[::1]:8080") == "v6"
 
 
 async def test_wildcard_matches_subdomains_at_any_depth_but_not_the_apex(
-    backend_factory: StartBackend, node_factory: StartNode
+    routed_factory: StartRouted,
 ) -> None:
-    routed = await start_routed(
-        backend_factory, node_factory, [host_route("*.example.com", "wild")]
-    )
+    routed = await routed_factory([route("wild", host="*.example.com")])
     assert await routed.pool_for(host="a.example.com") == "wild"
     assert await routed.pool_for(host="a.b.example.com") == "wild"
     assert await routed.pool_for(host="example.com") is None
@@ -134,11 +128,9 @@ async def test_wildcard_matches_subdomains_at_any_depth_but_not_the_apex(
     assert routed.received() == {"wild": 2}
 
 
-async def test_longer_wildcard_wins(backend_factory: StartBackend, node_factory: StartNode) -> None:
-    routed = await start_routed(
-        backend_factory,
-        node_factory,
-        [host_route("*.example.com", "short"), host_route("*.b.example.com", "long")],
+async def test_longer_wildcard_wins(routed_factory: StartRouted) -> None:
+    routed = await routed_factory(
+        [route("short", host="*.example.com"), route("long", host="*.b.example.com")]
     )
     assert await routed.pool_for(host="a.b.example.com") == "long"
     assert await routed.pool_for(host="b.example.com") == "short"
@@ -147,17 +139,13 @@ async def test_longer_wildcard_wins(backend_factory: StartBackend, node_factory:
 # ---- paths and priority ----
 
 
-async def test_longest_path_prefix_wins(
-    backend_factory: StartBackend, node_factory: StartNode
-) -> None:
-    routed = await start_routed(
-        backend_factory,
-        node_factory,
+async def test_longest_path_prefix_wins(routed_factory: StartRouted) -> None:
+    routed = await routed_factory(
         [
-            {"match": {"path_prefix": "/"}, "pool": "root"},
-            {"match": {"path_prefix": "/api/v1/"}, "pool": "v1"},
-            {"match": {"path_prefix": "/api/"}, "pool": "api"},
-        ],
+            route("root", path_prefix="/"),
+            route("v1", path_prefix="/api/v1/"),
+            route("api", path_prefix="/api/"),
+        ]
     )
     assert await routed.pool_for("/api/v1/users") == "v1"
     assert await routed.pool_for("/api/v2/users") == "api"
@@ -167,31 +155,22 @@ async def test_longest_path_prefix_wins(
 
 
 async def test_path_prefix_is_matched_against_the_path_not_the_query(
-    backend_factory: StartBackend, node_factory: StartNode
+    routed_factory: StartRouted,
 ) -> None:
-    routed = await start_routed(
-        backend_factory,
-        node_factory,
-        [
-            {"match": {"path_prefix": "/"}, "pool": "root"},
-            {"match": {"path_prefix": "/admin"}, "pool": "admin"},
-        ],
+    routed = await routed_factory(
+        [route("root", path_prefix="/"), route("admin", path_prefix="/admin")]
     )
     assert await routed.pool_for("/search?next=/admin") == "root"
     assert await routed.pool_for("/admin?x=1") == "admin"
 
 
-async def test_priority_overrides_prefix_length(
-    backend_factory: StartBackend, node_factory: StartNode
-) -> None:
-    routed = await start_routed(
-        backend_factory,
-        node_factory,
+async def test_priority_overrides_prefix_length(routed_factory: StartRouted) -> None:
+    routed = await routed_factory(
         [
-            {"match": {"path_prefix": "/api/v1/"}, "pool": "v1"},
-            {"match": {"path_prefix": "/api/"}, "pool": "api", "priority": 10},
-            {"match": {"path_prefix": "/"}, "pool": "root"},
-        ],
+            route("v1", path_prefix="/api/v1/"),
+            route("api", priority=10, path_prefix="/api/"),
+            route("root", path_prefix="/"),
+        ]
     )
     assert await routed.pool_for("/api/v1/users") == "api"
     assert await routed.pool_for("/other") == "root"
@@ -200,14 +179,12 @@ async def test_priority_overrides_prefix_length(
 # ---- methods and headers ----
 
 
-async def test_methods_matcher(backend_factory: StartBackend, node_factory: StartNode) -> None:
-    routed = await start_routed(
-        backend_factory,
-        node_factory,
+async def test_methods_matcher(routed_factory: StartRouted) -> None:
+    routed = await routed_factory(
         [
-            {"match": {"path_prefix": "/items", "methods": ["POST", "PUT"]}, "pool": "writes"},
-            {"match": {"path_prefix": "/"}, "pool": "reads"},
-        ],
+            route("writes", path_prefix="/items", methods=["POST", "PUT"]),
+            route("reads", path_prefix="/"),
+        ]
     )
     assert await routed.pool_for("/items", method="POST") == "writes"
     assert await routed.pool_for("/items", method="PUT") == "writes"
@@ -216,14 +193,9 @@ async def test_methods_matcher(backend_factory: StartBackend, node_factory: Star
     assert routed.received() == {"reads": 2, "writes": 2}
 
 
-async def test_headers_matcher(backend_factory: StartBackend, node_factory: StartNode) -> None:
-    routed = await start_routed(
-        backend_factory,
-        node_factory,
-        [
-            {"match": {"headers": {"X-Canary": "yes"}}, "pool": "canary"},
-            {"match": {"path_prefix": "/"}, "pool": "stable"},
-        ],
+async def test_headers_matcher(routed_factory: StartRouted) -> None:
+    routed = await routed_factory(
+        [route("canary", headers={"X-Canary": "yes"}), route("stable", path_prefix="/")]
     )
     assert await routed.pool_for(extra="X-Canary: yes\r\n") == "canary"
     assert await routed.pool_for(extra="x-canary: yes\r\n") == "canary"
@@ -234,15 +206,10 @@ async def test_headers_matcher(backend_factory: StartBackend, node_factory: Star
 
 
 async def test_headers_matcher_sees_hop_by_hop_headers_such_as_upgrade(
-    backend_factory: StartBackend, node_factory: StartNode
+    routed_factory: StartRouted,
 ) -> None:
-    routed = await start_routed(
-        backend_factory,
-        node_factory,
-        [
-            {"match": {"headers": {"Upgrade": "websocket"}}, "pool": "sockets"},
-            {"match": {"path_prefix": "/"}, "pool": "web"},
-        ],
+    routed = await routed_factory(
+        [route("sockets", headers={"Upgrade": "websocket"}), route("web", path_prefix="/")]
     )
     result = await routed.send(
         b"GET /chat HTTP/1.1\r\nHost: example.test\r\nConnection: Upgrade\r\n"
@@ -257,13 +224,9 @@ async def test_headers_matcher_sees_hop_by_hop_headers_such_as_upgrade(
 
 
 async def test_absolute_form_routes_by_its_authority_and_is_forwarded_in_origin_form(
-    backend_factory: StartBackend, node_factory: StartNode
+    routed_factory: StartRouted,
 ) -> None:
-    routed = await start_routed(
-        backend_factory,
-        node_factory,
-        [host_route("a.test", "atest"), host_route("*", "anyhost")],
-    )
+    routed = await routed_factory([route("atest", host="a.test"), route("anyhost", host="*")])
     result = await routed.send(b"GET http://a.test/x HTTP/1.1\r\nHost: a.test\r\n\r\n")
     assert result.status == 200
     assert result.body == b"atest /x"
@@ -278,9 +241,9 @@ async def test_absolute_form_routes_by_its_authority_and_is_forwarded_in_origin_
 
 
 async def test_absolute_form_without_a_path_is_forwarded_as_slash(
-    backend_factory: StartBackend, node_factory: StartNode
+    routed_factory: StartRouted,
 ) -> None:
-    routed = await start_routed(backend_factory, node_factory, [host_route("a.test", "atest")])
+    routed = await routed_factory([route("atest", host="a.test")])
     result = await routed.send(b"GET http://a.test HTTP/1.1\r\nHost: a.test\r\n\r\n")
     assert result.status == 200
     assert result.body == b"atest /"
@@ -290,16 +253,10 @@ async def test_absolute_form_without_a_path_is_forwarded_as_slash(
 
 
 async def test_no_matching_route_gives_404_and_keeps_the_connection(
-    backend_factory: StartBackend, node_factory: StartNode
+    routed_factory: StartRouted,
 ) -> None:
-    routed = await start_routed(
-        backend_factory,
-        node_factory,
-        [
-            {"match": {"host": "a.test", "path_prefix": "/app/"}, "pool": "app"},
-        ],
-    )
-    client = await RawClient.connect(routed.port)
+    routed = await routed_factory([route("app", host="a.test", path_prefix="/app/")])
+    client = await routed.proxy.connect()
     await client.send(get("/app/x", host="other.test"))
     missing = await client.read_response()
     assert missing.status == 404

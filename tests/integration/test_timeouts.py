@@ -7,12 +7,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.conftest import StartBackend, StartNode
+from tests.conftest import StartProxied, StartProxy
 from tests.support.backend import ReceivedRequest, response
-from tests.support.client import RawClient, get
-from tests.support.nodes import listener_port, node_config
+from tests.support.client import RawClient, RawResponse, get
 from tests.support.ports import closed_port
-from tests.support.upstream import blackhole_port, metric
+from tests.support.upstream import blackhole_port, local_reply_count, metric
 
 
 @pytest.fixture
@@ -43,54 +42,59 @@ async def read_until_closed(client: RawClient, timeout: float) -> bytes:
         received += data
 
 
+async def timed_response(client: RawClient, request: bytes) -> tuple[RawResponse, float]:
+    """Sends `request` and reads the answer (3 s at most); also the seconds that took."""
+    started = time.monotonic()
+    await client.send(request)
+    result = await client.read_response(timeout=3.0)
+    return result, time.monotonic() - started
+
+
+async def timed_until_closed(
+    client: RawClient, timeout: float, sent: bytes = b""
+) -> tuple[bytes, float]:
+    """Sends `sent` (if any), then reads until the server closes; also the seconds that took."""
+    started = time.monotonic()
+    if sent:
+        await client.send(sent)
+    received = await read_until_closed(client, timeout)
+    return received, time.monotonic() - started
+
+
 # ---- upstream: connect ----
 
 
-async def test_connect_timeout_gives_504(node_factory: StartNode) -> None:
+async def test_connect_timeout_gives_504(proxy_factory: StartProxy) -> None:
     with blackhole_port() as port:
-        config = node_config([f"http://127.0.0.1:{port}"], pool={"timeouts": {"connect": "300ms"}})
-        node = await node_factory(config)
-        client = await RawClient.connect(listener_port(config))
-        started = time.monotonic()
-        await client.send(get("/connect"))
-        result = await client.read_response(timeout=3.0)
-        elapsed = time.monotonic() - started
+        proxy = await proxy_factory(
+            [f"http://127.0.0.1:{port}"], pool={"timeouts": {"connect": "300ms"}}
+        )
+        client = await proxy.connect()
+        result, elapsed = await timed_response(client, get("/connect"))
         await client.close()
     assert result.status == 504
     assert result.body.strip()
     assert 0.25 <= elapsed < 1.0, elapsed
-    assert metric(node, "loadweaver_timeouts_total", {"kind": "connect"}) == 1
-    assert metric(node, "loadweaver_upstream_errors_total", {"kind": "connect_timeout"}) == 1
-    assert (
-        metric(
-            node,
-            "loadweaver_local_replies_total",
-            {"status": "504", "reason": "upstream_connect_timeout"},
-        )
-        == 1
-    )
+    assert metric(proxy.node, "loadweaver_timeouts_total", {"kind": "connect"}) == 1
+    assert metric(proxy.node, "loadweaver_upstream_errors_total", {"kind": "connect_timeout"}) == 1
+    assert local_reply_count(proxy.node, 504, "upstream_connect_timeout") == 1
 
 
-async def test_connection_refused_gives_502_at_once(node_factory: StartNode) -> None:
-    config = node_config([f"http://127.0.0.1:{closed_port()}"])
-    node = await node_factory(config)
-    client = await RawClient.connect(listener_port(config))
-    started = time.monotonic()
-    await client.send(get("/refused"))
-    result = await client.read_response(timeout=3.0)
-    elapsed = time.monotonic() - started
+async def test_connection_refused_gives_502_at_once(proxy_factory: StartProxy) -> None:
+    proxy = await proxy_factory([f"http://127.0.0.1:{closed_port()}"])
+    client = await proxy.connect()
+    result, elapsed = await timed_response(client, get("/refused"))
     await client.close()
     assert result.status == 502
     assert b"could not be reached" in result.body
     assert (result.header("Content-Type") or "").startswith("text/plain")
     assert elapsed < 1.0, elapsed
-    assert metric(node, "loadweaver_upstream_errors_total", {"kind": "connect_refused"}) == 1
+    assert metric(proxy.node, "loadweaver_upstream_errors_total", {"kind": "connect_refused"}) == 1
 
 
-async def test_no_backends_gives_503(node_factory: StartNode) -> None:
-    config = node_config([])
-    await node_factory(config)
-    client = await RawClient.connect(listener_port(config))
+async def test_no_backends_gives_503(proxy_factory: StartProxy) -> None:
+    proxy = await proxy_factory([])
+    client = await proxy.connect()
     await client.send(get("/none"))
     result = await client.read_response(timeout=3.0)
     assert result.status == 503
@@ -105,7 +109,7 @@ async def test_no_backends_gives_503(node_factory: StartNode) -> None:
 
 
 async def test_response_timeout_gives_504(
-    backend_factory: StartBackend, node_factory: StartNode, release: asyncio.Event
+    proxied_factory: StartProxied, release: asyncio.Event
 ) -> None:
     async def stalls(request: ReceivedRequest, writer: asyncio.StreamWriter) -> bool:
         if request.target == "/slow":
@@ -114,39 +118,28 @@ async def test_response_timeout_gives_504(
         writer.write(response(200, b"answer " + request.target.encode()))
         return True
 
-    backend = await backend_factory(stalls)
-    config = node_config([backend.url], pool={"timeouts": {"response": "300ms"}})
-    node = await node_factory(config)
-    client = await RawClient.connect(listener_port(config))
-    started = time.monotonic()
-    await client.send(get("/slow"))
-    result = await client.read_response(timeout=3.0)
-    elapsed = time.monotonic() - started
+    proxied = await proxied_factory(stalls, pool={"timeouts": {"response": "300ms"}})
+    client = await proxied.connect()
+    result, elapsed = await timed_response(client, get("/slow"))
     assert result.status == 504
     assert result.body.strip()
     assert 0.25 <= elapsed < 1.0, elapsed
-    assert metric(node, "loadweaver_timeouts_total", {"kind": "response"}) == 1
-    assert (
-        metric(
-            node,
-            "loadweaver_local_replies_total",
-            {"status": "504", "reason": "upstream_response_timeout"},
-        )
-        == 1
-    )
+    assert metric(proxied.node, "loadweaver_timeouts_total", {"kind": "response"}) == 1
+    assert local_reply_count(proxied.node, 504, "upstream_response_timeout") == 1
     await client.close()
     # The timed-out upstream connection was given up, not kept for a later request.
-    client = await RawClient.connect(listener_port(config))
+    client = await proxied.connect()
     await client.send(get("/fast"))
     later = await client.read_response(timeout=3.0)
     await client.close()
     assert later.status == 200
     assert later.body == b"answer /fast"
-    assert [(r.target, r.connection_id) for r in backend.requests] == [("/slow", 1), ("/fast", 2)]
+    requests = proxied.backend.requests
+    assert [(r.target, r.connection_id) for r in requests] == [("/slow", 1), ("/fast", 2)]
 
 
 async def test_total_timeout_cuts_a_trickling_response(
-    backend_factory: StartBackend, node_factory: StartNode, release: asyncio.Event
+    proxied_factory: StartProxied, release: asyncio.Event
 ) -> None:
     async def trickles(request: ReceivedRequest, writer: asyncio.StreamWriter) -> bool:
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 30\r\n\r\n")
@@ -160,24 +153,19 @@ async def test_total_timeout_cuts_a_trickling_response(
             return False
         return True
 
-    backend = await backend_factory(trickles)
-    config = node_config([backend.url], pool={"timeouts": {"total": "500ms"}})
-    node = await node_factory(config)
-    client = await RawClient.connect(listener_port(config))
-    started = time.monotonic()
-    await client.send(get("/trickle"))
-    received = await read_until_closed(client, timeout=2.5)
-    elapsed = time.monotonic() - started
+    proxied = await proxied_factory(trickles, pool={"timeouts": {"total": "500ms"}})
+    client = await proxied.connect()
+    received, elapsed = await timed_until_closed(client, 2.5, get("/trickle"))
     await client.close()
     head, _, body = received.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200")
     assert len(body) < 30, "the whole body arrived despite the total timeout"
     assert elapsed < 1.5, elapsed
-    assert metric(node, "loadweaver_timeouts_total", {"kind": "total"}) == 1
+    assert metric(proxied.node, "loadweaver_timeouts_total", {"kind": "total"}) == 1
 
 
 async def test_total_timeout_before_headers_gives_504(
-    backend_factory: StartBackend, node_factory: StartNode, release: asyncio.Event
+    proxied_factory: StartProxied, release: asyncio.Event
 ) -> None:
     async def stalls(request: ReceivedRequest, writer: asyncio.StreamWriter) -> bool:
         with contextlib.suppress(TimeoutError):
@@ -185,55 +173,39 @@ async def test_total_timeout_before_headers_gives_504(
         writer.write(response(200, b"too late"))
         return True
 
-    backend = await backend_factory(stalls)
-    config = node_config([backend.url], pool={"timeouts": {"total": "500ms"}})
-    node = await node_factory(config)
-    client = await RawClient.connect(listener_port(config))
-    started = time.monotonic()
-    await client.send(get("/stall"))
-    result = await client.read_response(timeout=3.0)
-    elapsed = time.monotonic() - started
+    proxied = await proxied_factory(stalls, pool={"timeouts": {"total": "500ms"}})
+    client = await proxied.connect()
+    result, elapsed = await timed_response(client, get("/stall"))
     await client.close()
     assert result.status == 504
     assert 0.45 <= elapsed < 1.2, elapsed
-    assert metric(node, "loadweaver_timeouts_total", {"kind": "total"}) == 1
-    assert (
-        metric(
-            node, "loadweaver_local_replies_total", {"status": "504", "reason": "request_timeout"}
-        )
-        == 1
-    )
+    assert metric(proxied.node, "loadweaver_timeouts_total", {"kind": "total"}) == 1
+    assert local_reply_count(proxied.node, 504, "request_timeout") == 1
 
 
 # ---- client side: request headers ----
 
+HEADER_TIMEOUT = {"timeouts": {"request_header": "300ms"}}
+IDLE_TIMEOUT = {"timeouts": {"idle": "300ms"}}
 
-async def test_incomplete_request_head_gets_408_and_close(
-    backend_factory: StartBackend, node_factory: StartNode
-) -> None:
-    backend = await backend_factory()
-    config = node_config([backend.url], listener={"timeouts": {"request_header": "300ms"}})
-    node = await node_factory(config)
-    client = await RawClient.connect(listener_port(config))
-    started = time.monotonic()
-    await client.send(b"GET / HTTP/1.1\r\nHost: x\r\n")
-    received = await read_until_closed(client, timeout=2.0)
-    elapsed = time.monotonic() - started
+
+async def test_incomplete_request_head_gets_408_and_close(proxied_factory: StartProxied) -> None:
+    proxied = await proxied_factory(listener=HEADER_TIMEOUT)
+    client = await proxied.connect()
+    received, elapsed = await timed_until_closed(client, 2.0, b"GET / HTTP/1.1\r\nHost: x\r\n")
     await client.close()
     assert received.startswith(b"HTTP/1.1 408 "), received
     assert b"Connection: close" in received
     assert 0.25 <= elapsed < 1.0, elapsed
-    assert backend.requests == []
-    assert metric(node, "loadweaver_timeouts_total", {"kind": "request_header"}) == 1
+    assert proxied.backend.requests == []
+    assert metric(proxied.node, "loadweaver_timeouts_total", {"kind": "request_header"}) == 1
 
 
 async def test_slowloris_dripping_header_lines_still_times_out(
-    backend_factory: StartBackend, node_factory: StartNode
+    proxied_factory: StartProxied,
 ) -> None:
-    backend = await backend_factory()
-    config = node_config([backend.url], listener={"timeouts": {"request_header": "300ms"}})
-    await node_factory(config)
-    client = await RawClient.connect(listener_port(config))
+    proxied = await proxied_factory(listener=HEADER_TIMEOUT)
+    client = await proxied.connect()
     started = time.monotonic()
     await client.send(b"GET / HTTP/1.1\r\nHost: x\r\n")
 
@@ -252,68 +224,54 @@ async def test_slowloris_dripping_header_lines_still_times_out(
     await client.close()
     assert answered.startswith(b"HTTP/1.1 408 "), answered
     assert elapsed < 1.2, elapsed
-    assert backend.requests == []
+    assert proxied.backend.requests == []
 
 
-async def test_silent_connection_is_closed_without_408(node_factory: StartNode) -> None:
-    config = node_config([], listener={"timeouts": {"request_header": "300ms"}})
-    await node_factory(config)
-    client = await RawClient.connect(listener_port(config))
-    started = time.monotonic()
-    received = await read_until_closed(client, timeout=2.0)
-    elapsed = time.monotonic() - started
+async def test_silent_connection_is_closed_without_408(proxy_factory: StartProxy) -> None:
+    proxy = await proxy_factory([], listener=HEADER_TIMEOUT)
+    client = await proxy.connect()
+    received, elapsed = await timed_until_closed(client, 2.0)
     await client.close()
     assert received == b""
     assert 0.25 <= elapsed < 1.0, elapsed
 
 
 async def test_incomplete_second_request_on_keep_alive_gets_408(
-    backend_factory: StartBackend, node_factory: StartNode
+    proxied_factory: StartProxied,
 ) -> None:
-    backend = await backend_factory()
-    config = node_config([backend.url], listener={"timeouts": {"request_header": "300ms"}})
-    await node_factory(config)
-    client = await RawClient.connect(listener_port(config))
+    proxied = await proxied_factory(listener=HEADER_TIMEOUT)
+    client = await proxied.connect()
     await client.send(get("/first"))
     assert (await client.read_response()).status == 200
-    started = time.monotonic()
-    await client.send(b"GET /second HTTP/1.1\r\nHost: x\r\n")
-    received = await read_until_closed(client, timeout=2.0)
-    elapsed = time.monotonic() - started
+    received, elapsed = await timed_until_closed(
+        client, 2.0, b"GET /second HTTP/1.1\r\nHost: x\r\n"
+    )
     await client.close()
     assert received.startswith(b"HTTP/1.1 408 "), received
     assert elapsed < 1.0, elapsed
-    assert [request.target for request in backend.requests] == ["/first"]
+    assert [request.target for request in proxied.backend.requests] == ["/first"]
 
 
 # ---- client side: idle keep-alive ----
 
 
-async def test_idle_client_connection_is_closed(
-    backend_factory: StartBackend, node_factory: StartNode
-) -> None:
-    backend = await backend_factory()
-    config = node_config([backend.url], listener={"timeouts": {"idle": "300ms"}})
-    node = await node_factory(config)
-    client = await RawClient.connect(listener_port(config))
+async def test_idle_client_connection_is_closed(proxied_factory: StartProxied) -> None:
+    proxied = await proxied_factory(listener=IDLE_TIMEOUT)
+    client = await proxied.connect()
     await client.send(get("/once"))
     assert (await client.read_response()).status == 200
-    started = time.monotonic()
-    received = await read_until_closed(client, timeout=2.0)
-    elapsed = time.monotonic() - started
+    received, elapsed = await timed_until_closed(client, 2.0)
     await client.close()
     assert received == b""  # an idle close is silent
     assert 0.25 <= elapsed < 1.0, elapsed
-    assert metric(node, "loadweaver_timeouts_total", {"kind": "idle"}) == 1
+    assert metric(proxied.node, "loadweaver_timeouts_total", {"kind": "idle"}) == 1
 
 
 async def test_busy_client_connection_outlives_the_idle_timeout(
-    backend_factory: StartBackend, node_factory: StartNode
+    proxied_factory: StartProxied,
 ) -> None:
-    backend = await backend_factory()
-    config = node_config([backend.url], listener={"timeouts": {"idle": "300ms"}})
-    await node_factory(config)
-    client = await RawClient.connect(listener_port(config))
+    proxied = await proxied_factory(listener=IDLE_TIMEOUT)
+    client = await proxied.connect()
     started = time.monotonic()
     for index in range(8):
         await client.send(get(f"/busy{index}"))
@@ -322,6 +280,6 @@ async def test_busy_client_connection_outlives_the_idle_timeout(
     assert time.monotonic() - started > 0.6
     await client.send(get("/last"))
     assert (await client.read_response()).status == 200
-    assert len(backend.requests) == 9
+    assert len(proxied.backend.requests) == 9
     assert await client.is_closed(timeout=1.5), "idle connection never closed afterwards"
     await client.close()

@@ -11,13 +11,12 @@ from typing import Any, cast
 
 import pytest
 import trustme
-import yaml
 
-from loadweaver.node import Node, NodeStartError
-from tests.conftest import StartBackend, StartNode
+from loadweaver.node import NodeStartError
+from tests.conftest import StartProxied, StartProxy
 from tests.support.backend import Backend
 from tests.support.client import RawClient, get
-from tests.support.nodes import listener_port, node_config, start_node
+from tests.support.nodes import Proxied, Proxy, node_config, start_node
 
 HANDSHAKE_TIMEOUT = 5.0
 
@@ -115,13 +114,9 @@ async def peer_names(port: int, context: ssl.SSLContext, server_hostname: str | 
 # ---- SNI ----
 
 
-async def test_sni_selects_the_certificate(
-    pki: Pki, backend_factory: StartBackend, node_factory: StartNode
-) -> None:
-    backend = await backend_factory()
-    config = node_config([backend.url], listener=tls_listener(pki.a, pki.b))
-    await node_factory(config)
-    port = listener_port(config)
+async def test_sni_selects_the_certificate(pki: Pki, proxied_factory: StartProxied) -> None:
+    proxied = await proxied_factory(listener=tls_listener(pki.a, pki.b))
+    port = proxied.port
     context = client_context(pki)
 
     assert await peer_names(port, context, "a.test") == ["a.test"]
@@ -133,13 +128,11 @@ async def test_sni_selects_the_certificate(
 
 
 async def test_missing_or_unknown_sni_gets_the_first_certificate(
-    pki: Pki, backend_factory: StartBackend, node_factory: StartNode
+    pki: Pki, proxied_factory: StartProxied
 ) -> None:
-    backend = await backend_factory()
     # The *.b.test certificate is listed first here, so it is the default.
-    config = node_config([backend.url], listener=tls_listener(pki.b, pki.a))
-    await node_factory(config)
-    port = listener_port(config)
+    proxied = await proxied_factory(listener=tls_listener(pki.b, pki.a))
+    port = proxied.port
     context = client_context(pki, check_hostname=False)
 
     assert await peer_names(port, context, None) == ["*.b.test"]
@@ -148,13 +141,9 @@ async def test_missing_or_unknown_sni_gets_the_first_certificate(
     assert await peer_names(port, context, "a.test") == ["a.test"]
 
 
-async def test_alpn_negotiates_http11(
-    pki: Pki, backend_factory: StartBackend, node_factory: StartNode
-) -> None:
-    backend = await backend_factory()
-    config = node_config([backend.url], listener=tls_listener(pki.a, pki.b))
-    await node_factory(config)
-    port = listener_port(config)
+async def test_alpn_negotiates_http11(pki: Pki, proxied_factory: StartProxied) -> None:
+    proxied = await proxied_factory(listener=tls_listener(pki.a, pki.b))
+    port = proxied.port
     for name in ("a.test", "x.b.test"):
         context = client_context(pki)
         context.set_alpn_protocols(["h2", "http/1.1"])
@@ -217,30 +206,24 @@ def _local_tls11_works(client: ssl.SSLContext, cert: CertFiles) -> bool:
     return False
 
 
-async def test_tls11_client_is_refused(
-    pki: Pki, backend_factory: StartBackend, node_factory: StartNode
-) -> None:
+async def test_tls11_client_is_refused(pki: Pki, proxied_factory: StartProxied) -> None:
     client = _tls11_client_context()
     if client is None or not _local_tls11_works(client, pki.a):
         pytest.skip("the local OpenSSL cannot negotiate TLS 1.1 even with itself")
-    backend = await backend_factory()
-    config = node_config([backend.url], listener=tls_listener(pki.a))
-    await node_factory(config)
-    port = listener_port(config)
+    proxied = await proxied_factory(listener=tls_listener(pki.a))
+    port = proxied.port
     with pytest.raises((ssl.SSLError, ConnectionError)):
         await handshake_and_close(port, client, "a.test")
     # A modern client still gets in afterwards.
     assert await peer_names(port, client_context(pki), "a.test") == ["a.test"]
-    assert backend.requests == []
+    assert proxied.backend.requests == []
 
 
 async def test_min_version_13_refuses_a_tls12_client(
-    pki: Pki, backend_factory: StartBackend, node_factory: StartNode
+    pki: Pki, proxied_factory: StartProxied
 ) -> None:
-    backend = await backend_factory()
-    config = node_config([backend.url], listener=tls_listener(pki.a, min_version="1.3"))
-    await node_factory(config)
-    port = listener_port(config)
+    proxied = await proxied_factory(listener=tls_listener(pki.a, min_version="1.3"))
+    port = proxied.port
     old = client_context(pki)
     old.maximum_version = ssl.TLSVersion.TLSv1_2
     with pytest.raises((ssl.SSLError, ConnectionError)):
@@ -250,30 +233,24 @@ async def test_min_version_13_refuses_a_tls12_client(
     await close_writer(writer)
 
 
-async def test_default_min_version_accepts_tls12(
-    pki: Pki, backend_factory: StartBackend, node_factory: StartNode
-) -> None:
-    backend = await backend_factory()
-    config = node_config([backend.url], listener=tls_listener(pki.a))
-    await node_factory(config)
+async def test_default_min_version_accepts_tls12(pki: Pki, proxied_factory: StartProxied) -> None:
+    proxied = await proxied_factory(listener=tls_listener(pki.a))
     context = client_context(pki)
     context.maximum_version = ssl.TLSVersion.TLSv1_2
-    ssl_object, writer = await handshake(listener_port(config), context, "a.test")
+    ssl_object, writer = await handshake(proxied.port, context, "a.test")
     assert ssl_object.version() == "TLSv1.2"
     await close_writer(writer)
 
 
 @pytest.mark.parametrize("sent", [b"", b"\x16\x03\x01\x02\x00"])
 async def test_stalled_handshake_is_cut_by_the_request_header_timeout(
-    pki: Pki, backend_factory: StartBackend, node_factory: StartNode, sent: bytes
+    pki: Pki, proxied_factory: StartProxied, sent: bytes
 ) -> None:
     """A TCP connection that never finishes its handshake must not be kept open indefinitely."""
-    backend = await backend_factory()
-    config = node_config(
-        [backend.url], listener={**tls_listener(pki.a), "timeouts": {"request_header": "500ms"}}
+    proxied = await proxied_factory(
+        listener={**tls_listener(pki.a), "timeouts": {"request_header": "500ms"}}
     )
-    await node_factory(config)
-    client = await RawClient.connect(listener_port(config))
+    client = await proxied.connect()
     if sent:
         await client.send(sent)
     assert await client.is_closed(timeout=2.5)
@@ -284,14 +261,10 @@ async def test_stalled_handshake_is_cut_by_the_request_header_timeout(
 
 
 async def test_request_over_tls_is_forwarded_as_https(
-    pki: Pki, backend_factory: StartBackend, node_factory: StartNode
+    pki: Pki, proxied_factory: StartProxied
 ) -> None:
-    backend = await backend_factory()
-    config = node_config([backend.url], listener=tls_listener(pki.a, pki.b))
-    await node_factory(config)
-    client = await RawClient.connect(
-        listener_port(config), ssl=client_context(pki), server_hostname="x.b.test"
-    )
+    proxied = await proxied_factory(listener=tls_listener(pki.a, pki.b))
+    client = await proxied.connect(ssl=client_context(pki), server_hostname="x.b.test")
     for path in ("/one", "/two"):  # keep-alive over TLS
         await client.send(get(path, host="x.b.test"))
         response = await client.read_response()
@@ -299,8 +272,8 @@ async def test_request_over_tls_is_forwarded_as_https(
         assert response.body.startswith(f"GET {path} len=0".encode())
     await client.close()
 
-    assert len(backend.requests) == 2
-    request = backend.requests[0]
+    assert len(proxied.backend.requests) == 2
+    request = proxied.backend.requests[0]
     assert request.headers_named("X-Forwarded-Proto") == ["https"]
     assert request.header("X-Forwarded-Host") == "x.b.test"
     assert request.header("X-Forwarded-For") == "127.0.0.1"
@@ -316,19 +289,13 @@ async def test_request_over_tls_is_forwarded_as_https(
 
 @dataclass
 class TlsBackend(Backend):
-    ssl_context: ssl.SSLContext | None = None
+    """A backend serving https; its URL names `hostname` rather than the address."""
+
     hostname: str = "localhost"
 
     @property
     def url(self) -> str:
         return f"https://{self.hostname}:{self.port}"
-
-    async def start(self) -> "TlsBackend":
-        self._server = await asyncio.start_server(
-            self._serve, self.host, self.port, ssl=self.ssl_context
-        )
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
 
 
 @pytest.fixture
@@ -340,8 +307,8 @@ async def tls_backend(pki: Pki) -> AsyncIterator[TlsBackend]:
     await backend.stop()
 
 
-async def proxied_status(config: dict[str, Any]) -> tuple[int, bytes]:
-    client = await RawClient.connect(listener_port(config))
+async def proxied_status(proxy: Proxy) -> tuple[int, bytes]:
+    client = await proxy.connect()
     await client.send(get("/secure"))
     response = await client.read_response()
     await client.close()
@@ -349,11 +316,10 @@ async def proxied_status(config: dict[str, Any]) -> tuple[int, bytes]:
 
 
 async def test_https_backend_with_ca_file(
-    pki: Pki, tls_backend: TlsBackend, node_factory: StartNode
+    pki: Pki, tls_backend: TlsBackend, proxy_factory: StartProxy
 ) -> None:
-    config = node_config([tls_backend.url], pool={"tls": {"ca_file": str(pki.ca_file)}})
-    await node_factory(config)
-    status, body = await proxied_status(config)
+    proxy = await proxy_factory([tls_backend.url], pool={"tls": {"ca_file": str(pki.ca_file)}})
+    status, body = await proxied_status(proxy)
     assert status == 200
     assert body.startswith(b"GET /secure len=0")
     assert len(tls_backend.requests) == 1
@@ -361,46 +327,41 @@ async def test_https_backend_with_ca_file(
 
 
 async def test_https_backend_untrusted_certificate_is_502(
-    tls_backend: TlsBackend, node_factory: StartNode
+    tls_backend: TlsBackend, proxy_factory: StartProxy
 ) -> None:
-    config = node_config([tls_backend.url], pool={"timeouts": {"connect": "2s"}})
-    await node_factory(config)
-    status, _ = await proxied_status(config)
+    proxy = await proxy_factory([tls_backend.url], pool={"timeouts": {"connect": "2s"}})
+    status, _ = await proxied_status(proxy)
     assert status == 502
     assert tls_backend.requests == []
 
 
 async def test_https_backend_without_verification(
-    tls_backend: TlsBackend, node_factory: StartNode
+    tls_backend: TlsBackend, proxy_factory: StartProxy
 ) -> None:
-    config = node_config([tls_backend.url], pool={"tls": {"verify": False}})
-    await node_factory(config)
-    status, body = await proxied_status(config)
+    proxy = await proxy_factory([tls_backend.url], pool={"tls": {"verify": False}})
+    status, body = await proxied_status(proxy)
     assert status == 200
     assert body.startswith(b"GET /secure len=0")
 
 
 async def test_https_backend_server_name_override(
-    pki: Pki, tls_backend: TlsBackend, node_factory: StartNode
+    pki: Pki, tls_backend: TlsBackend, proxy_factory: StartProxy
 ) -> None:
     tls_backend.hostname = "127.0.0.1"  # the certificate has no IP address in it
     url = tls_backend.url
-    rejected = node_config([url], pool={"tls": {"ca_file": str(pki.ca_file)}})
-    await node_factory(rejected)
+    rejected = await proxy_factory([url], pool={"tls": {"ca_file": str(pki.ca_file)}})
     assert (await proxied_status(rejected))[0] == 502
-    accepted = node_config(
+    accepted = await proxy_factory(
         [url], pool={"tls": {"ca_file": str(pki.ca_file), "server_name": "backend.internal"}}
     )
-    await node_factory(accepted)
     assert (await proxied_status(accepted))[0] == 200
 
 
 async def test_https_backend_connections_are_reused(
-    pki: Pki, tls_backend: TlsBackend, node_factory: StartNode
+    pki: Pki, tls_backend: TlsBackend, proxy_factory: StartProxy
 ) -> None:
-    config = node_config([tls_backend.url], pool={"tls": {"ca_file": str(pki.ca_file)}})
-    await node_factory(config)
-    client = await RawClient.connect(listener_port(config))
+    proxy = await proxy_factory([tls_backend.url], pool={"tls": {"ca_file": str(pki.ca_file)}})
+    client = await proxy.connect()
     for _ in range(3):
         await client.send(get("/again"))
         assert (await client.read_response()).status == 200
@@ -412,23 +373,17 @@ async def test_https_backend_connections_are_reused(
 
 
 @pytest.fixture
-async def file_node() -> AsyncIterator[list[Node]]:
-    nodes: list[Node] = []
-    yield nodes
-    for node in nodes:
-        await node.stop(grace=0)
+async def reloadable(pki: Pki, tmp_path: Path, proxied_factory: StartProxied) -> Proxied:
+    """A node with a TLS listener for a.test, started from a config file so it can reload."""
+    return await proxied_factory(
+        listener=tls_listener(pki.a), config_file=tmp_path / "loadweaver.yaml"
+    )
 
 
 async def test_certificate_reload_applies_to_new_handshakes(
-    pki: Pki, tmp_path: Path, backend_factory: StartBackend, file_node: list[Node]
+    pki: Pki, tmp_path: Path, reloadable: Proxied
 ) -> None:
-    backend = await backend_factory()
-    config = node_config([backend.url], listener=tls_listener(pki.a))
-    config_path = tmp_path / "loadweaver.yaml"
-    config_path.write_text(yaml.safe_dump(config))
-    node = await start_node(config, config_path)
-    file_node.append(node)
-    port = listener_port(config)
+    node, port = reloadable.node, reloadable.port
     listener = node.listeners["web"]
     context = client_context(pki)
 
@@ -444,8 +399,8 @@ async def test_certificate_reload_applies_to_new_handshakes(
     assert (await kept.read_response()).status == 200
 
     renewed = write_cert(pki.ca.issue_cert("a.test"), tmp_path, "a-renewed")
-    config["listeners"][0]["tls"]["certificates"] = [renewed.entry()]
-    config_path.write_text(yaml.safe_dump(config))
+    reloadable.config["listeners"][0]["tls"]["certificates"] = [renewed.entry()]
+    reloadable.rewrite_config()
     assert await node.reload() is True
 
     second, writer = await handshake(port, context, "a.test")
@@ -462,22 +417,14 @@ async def test_certificate_reload_applies_to_new_handshakes(
 
 
 async def test_reload_with_a_broken_certificate_keeps_the_old_one(
-    pki: Pki, tmp_path: Path, backend_factory: StartBackend, file_node: list[Node]
+    pki: Pki, tmp_path: Path, reloadable: Proxied
 ) -> None:
-    backend = await backend_factory()
-    config = node_config([backend.url], listener=tls_listener(pki.a))
-    config_path = tmp_path / "loadweaver.yaml"
-    config_path.write_text(yaml.safe_dump(config))
-    node = await start_node(config, config_path)
-    file_node.append(node)
-    port = listener_port(config)
-
-    config["listeners"][0]["tls"]["certificates"] = [
+    reloadable.config["listeners"][0]["tls"]["certificates"] = [
         {"cert_file": str(tmp_path / "missing.pem"), "key_file": str(tmp_path / "missing.key")}
     ]
-    config_path.write_text(yaml.safe_dump(config))
-    assert await node.reload() is False
-    assert await peer_names(port, client_context(pki), "a.test") == ["a.test"]
+    reloadable.rewrite_config()
+    assert await reloadable.node.reload() is False
+    assert await peer_names(reloadable.port, client_context(pki), "a.test") == ["a.test"]
 
 
 # ---- certificate problems at start ----

@@ -12,11 +12,9 @@ import pytest
 import trustme
 from aiohttp import web
 
-from loadweaver.node import Node
-from tests.conftest import StartBackend, StartNode
-from tests.support.backend import ReceivedRequest, response
-from tests.support.client import RawClient
-from tests.support.nodes import listener_port, node_config
+from tests.conftest import StartProxied, StartProxy
+from tests.support.backend import fixed_reply, response
+from tests.support.nodes import Proxy
 from tests.support.ports import free_port
 
 RECEIVE_TIMEOUT = 5.0
@@ -91,13 +89,10 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
         yield client
 
 
-async def ws_node(
-    node_factory: StartNode, backend_url: str, **listener_timeouts: str
-) -> tuple[Node, str]:
-    listener = {"timeouts": listener_timeouts} if listener_timeouts else None
-    config = node_config([backend_url], listener=listener)
-    node = await node_factory(config)
-    return node, f"http://127.0.0.1:{listener_port(config)}"
+@pytest.fixture
+async def proxy(ws_backend: WsBackend, proxy_factory: StartProxy) -> Proxy:
+    """A node in front of the aiohttp backend, with the default config."""
+    return await proxy_factory([ws_backend.url])
 
 
 async def receive(ws: aiohttp.ClientWebSocketResponse) -> aiohttp.WSMessage:
@@ -105,10 +100,9 @@ async def receive(ws: aiohttp.ClientWebSocketResponse) -> aiohttp.WSMessage:
 
 
 async def test_text_and_binary_messages_echo(
-    ws_backend: WsBackend, node_factory: StartNode, session: aiohttp.ClientSession
+    ws_backend: WsBackend, proxy: Proxy, session: aiohttp.ClientSession
 ) -> None:
-    _, proxy = await ws_node(node_factory, ws_backend.url)
-    async with session.ws_connect(f"{proxy}/ws", autoclose=False) as ws:
+    async with session.ws_connect(f"{proxy.url}/ws", autoclose=False) as ws:
         assert (await receive(ws)).data == "welcome"
         for text in ("hello", "ünïcödé ✓", "x" * 70_000):
             await ws.send_str(text)
@@ -128,12 +122,9 @@ async def test_text_and_binary_messages_echo(
     assert headers["X-Forwarded-For"] == "127.0.0.1"
 
 
-async def test_one_megabyte_binary_message(
-    ws_backend: WsBackend, node_factory: StartNode, session: aiohttp.ClientSession
-) -> None:
-    _, proxy = await ws_node(node_factory, ws_backend.url)
+async def test_one_megabyte_binary_message(proxy: Proxy, session: aiohttp.ClientSession) -> None:
     payload = os.urandom(1024 * 1024)
-    async with session.ws_connect(f"{proxy}/ws", max_msg_size=8 * 1024 * 1024) as ws:
+    async with session.ws_connect(f"{proxy.url}/ws", max_msg_size=8 * 1024 * 1024) as ws:
         assert (await receive(ws)).data == "welcome"
         await ws.send_bytes(payload)
         message = await receive(ws)
@@ -142,11 +133,8 @@ async def test_one_megabyte_binary_message(
         assert message.data == payload
 
 
-async def test_server_initiated_messages(
-    ws_backend: WsBackend, node_factory: StartNode, session: aiohttp.ClientSession
-) -> None:
-    _, proxy = await ws_node(node_factory, ws_backend.url)
-    async with session.ws_connect(f"{proxy}/ws") as ws:
+async def test_server_initiated_messages(proxy: Proxy, session: aiohttp.ClientSession) -> None:
+    async with session.ws_connect(f"{proxy.url}/ws") as ws:
         assert (await receive(ws)).data == "welcome"  # sent before the client said anything
         await ws.send_str("push:20")
         received = [(await receive(ws)).data for _ in range(20)]
@@ -154,10 +142,9 @@ async def test_server_initiated_messages(
 
 
 async def test_client_close_handshake(
-    ws_backend: WsBackend, node_factory: StartNode, session: aiohttp.ClientSession
+    ws_backend: WsBackend, proxy: Proxy, session: aiohttp.ClientSession
 ) -> None:
-    _, proxy = await ws_node(node_factory, ws_backend.url)
-    ws = await session.ws_connect(f"{proxy}/ws")
+    ws = await session.ws_connect(f"{proxy.url}/ws")
     assert (await receive(ws)).data == "welcome"
     assert await asyncio.wait_for(ws.close(code=1000, message=b"done"), RECEIVE_TIMEOUT)
     assert ws.closed
@@ -169,11 +156,8 @@ async def test_client_close_handshake(
     assert ws_backend.close_codes == [1000]
 
 
-async def test_server_close_handshake(
-    ws_backend: WsBackend, node_factory: StartNode, session: aiohttp.ClientSession
-) -> None:
-    _, proxy = await ws_node(node_factory, ws_backend.url)
-    async with session.ws_connect(f"{proxy}/ws") as ws:
+async def test_server_close_handshake(proxy: Proxy, session: aiohttp.ClientSession) -> None:
+    async with session.ws_connect(f"{proxy.url}/ws") as ws:
         assert (await receive(ws)).data == "welcome"
         await ws.send_str("close-me")
         message = await receive(ws)
@@ -186,14 +170,13 @@ async def test_server_close_handshake(
 
 
 async def test_plain_http_alongside_a_websocket(
-    ws_backend: WsBackend, node_factory: StartNode, session: aiohttp.ClientSession
+    proxy: Proxy, session: aiohttp.ClientSession
 ) -> None:
-    _, proxy = await ws_node(node_factory, ws_backend.url)
-    async with session.ws_connect(f"{proxy}/ws") as ws:
+    async with session.ws_connect(f"{proxy.url}/ws") as ws:
         assert (await receive(ws)).data == "welcome"
         async with aiohttp.ClientSession() as other:
             for _ in range(3):
-                async with other.get(f"{proxy}/plain") as plain:
+                async with other.get(f"{proxy.url}/plain") as plain:
                     assert plain.status == 200
                     assert await plain.text() == "plain http"
                     assert plain.headers["X-Plain"] == "yes"
@@ -201,11 +184,11 @@ async def test_plain_http_alongside_a_websocket(
         assert (await receive(ws)).data == "still here"
 
 
-async def test_two_websockets_at_once(
-    ws_backend: WsBackend, node_factory: StartNode, session: aiohttp.ClientSession
-) -> None:
-    _, proxy = await ws_node(node_factory, ws_backend.url)
-    async with session.ws_connect(f"{proxy}/ws") as one, session.ws_connect(f"{proxy}/ws") as two:
+async def test_two_websockets_at_once(proxy: Proxy, session: aiohttp.ClientSession) -> None:
+    async with (
+        session.ws_connect(f"{proxy.url}/ws") as one,
+        session.ws_connect(f"{proxy.url}/ws") as two,
+    ):
         assert (await receive(one)).data == "welcome"
         assert (await receive(two)).data == "welcome"
         await one.send_str("to one")
@@ -215,11 +198,11 @@ async def test_two_websockets_at_once(
 
 
 async def test_tunnel_idle_timeout_closes_an_idle_websocket(
-    ws_backend: WsBackend, node_factory: StartNode, session: aiohttp.ClientSession
+    ws_backend: WsBackend, proxy_factory: StartProxy, session: aiohttp.ClientSession
 ) -> None:
-    node, proxy = await ws_node(node_factory, ws_backend.url, tunnel_idle="500ms")
+    proxy = await proxy_factory([ws_backend.url], listener={"timeouts": {"tunnel_idle": "500ms"}})
     loop = asyncio.get_running_loop()
-    async with session.ws_connect(f"{proxy}/ws", autoping=False) as ws:
+    async with session.ws_connect(f"{proxy.url}/ws", autoping=False) as ws:
         assert (await receive(ws)).data == "welcome"
         # Traffic keeps the tunnel alive past the idle limit.
         for _ in range(4):
@@ -235,31 +218,30 @@ async def test_tunnel_idle_timeout_closes_an_idle_websocket(
             aiohttp.WSMsgType.ERROR,
         )
         assert 0.4 <= waited < 2.0
-    value = node.metrics.registry.get_sample_value(
+    value = proxy.node.metrics.registry.get_sample_value(
         "loadweaver_timeouts_total", {"kind": "tunnel_idle"}
     )
     assert value == 1.0
 
 
 async def test_websocket_over_a_tls_listener(
-    tmp_path: Path, ws_backend: WsBackend, node_factory: StartNode, session: aiohttp.ClientSession
+    tmp_path: Path, ws_backend: WsBackend, proxy_factory: StartProxy, session: aiohttp.ClientSession
 ) -> None:
     ca = trustme.CA()
     cert = ca.issue_cert("ws.test")
     cert_file, key_file = tmp_path / "ws.pem", tmp_path / "ws.key"
     cert.cert_chain_pems[0].write_to_path(cert_file)
     cert.private_key_pem.write_to_path(key_file)
-    config = node_config(
+    proxy = await proxy_factory(
         [ws_backend.url],
         listener={
             "tls": {"certificates": [{"cert_file": str(cert_file), "key_file": str(key_file)}]}
         },
     )
-    await node_factory(config)
     context = ssl.create_default_context()
     ca.configure_trust(context)
     context.check_hostname = False  # the URL uses the IP address; the CA check still applies
-    url = f"wss://127.0.0.1:{listener_port(config)}/ws"
+    url = f"wss://127.0.0.1:{proxy.port}/ws"
     async with session.ws_connect(url, ssl=context) as ws:
         assert (await receive(ws)).data == "welcome"
         payload = os.urandom(300_000)
@@ -271,11 +253,9 @@ async def test_websocket_over_a_tls_listener(
 
 
 async def test_client_vanishing_closes_the_backend_side(
-    ws_backend: WsBackend, node_factory: StartNode
+    ws_backend: WsBackend, proxy: Proxy
 ) -> None:
-    config = node_config([ws_backend.url])
-    await node_factory(config)
-    client = await RawClient.connect(listener_port(config))
+    client = await proxy.connect()
     await client.send(UPGRADE_REQUEST % b"/ws")
     head = await asyncio.wait_for(client.reader.readuntil(b"\r\n\r\n"), RECEIVE_TIMEOUT)
     assert head.startswith(b"HTTP/1.1 101 ")
@@ -288,11 +268,10 @@ async def test_client_vanishing_closes_the_backend_side(
 
 
 async def test_refused_upgrade_is_relayed_as_a_normal_response(
-    ws_backend: WsBackend, node_factory: StartNode, session: aiohttp.ClientSession
+    proxy: Proxy, session: aiohttp.ClientSession
 ) -> None:
-    _, proxy = await ws_node(node_factory, ws_backend.url)
     with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
-        await session.ws_connect(f"{proxy}/refuse")
+        await session.ws_connect(f"{proxy.url}/refuse")
     assert caught.value.status == 400
 
 
@@ -309,12 +288,8 @@ UPGRADE_REQUEST = (
         (b"/refuse", 400, b"no upgrade for you"),
     ],
 )
-async def test_refused_upgrade_raw(
-    ws_backend: WsBackend, node_factory: StartNode, path: bytes, status: int, body: bytes
-) -> None:
-    config = node_config([ws_backend.url])
-    await node_factory(config)
-    client = await RawClient.connect(listener_port(config))
+async def test_refused_upgrade_raw(proxy: Proxy, path: bytes, status: int, body: bytes) -> None:
+    client = await proxy.connect()
     await client.send(UPGRADE_REQUEST % path)
     reply = await client.read_response()
     assert reply.status == status
@@ -329,21 +304,15 @@ async def test_refused_upgrade_raw(
     await client.close()
 
 
-async def test_refused_upgrade_from_a_raw_backend(
-    backend_factory: StartBackend, node_factory: StartNode
-) -> None:
-    async def refuse(request: ReceivedRequest, writer: asyncio.StreamWriter) -> bool:
-        writer.write(response(200, b"not switching", {"X-Handled": "plain"}))
-        return True
-
-    backend = await backend_factory(refuse)
-    config = node_config([backend.url])
-    await node_factory(config)
-    client = await RawClient.connect(listener_port(config))
+async def test_refused_upgrade_from_a_raw_backend(proxied_factory: StartProxied) -> None:
+    proxied = await proxied_factory(
+        fixed_reply(response(200, b"not switching", {"X-Handled": "plain"}))
+    )
+    client = await proxied.connect()
     await client.send(UPGRADE_REQUEST % b"/chat")
     reply = await client.read_response()
     assert reply.status == 200
     assert reply.body == b"not switching"
     assert reply.header("X-Handled") == "plain"
-    assert backend.requests[0].header("Upgrade") == "websocket"
+    assert proxied.backend.requests[0].header("Upgrade") == "websocket"
     await client.close()

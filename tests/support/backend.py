@@ -9,22 +9,18 @@ import hashlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from tests.support.framing import HeaderLookup, Headers, parse_head, read_chunked_body
+from tests.support.loopback import LoopbackServer
+
 
 @dataclass
-class ReceivedRequest:
+class ReceivedRequest(HeaderLookup):
     method: str
     target: str
     version: str
-    headers: list[tuple[str, str]]
+    headers: Headers
     body: bytes
     connection_id: int
-
-    def header(self, name: str) -> str | None:
-        values = self.headers_named(name)
-        return values[0] if values else None
-
-    def headers_named(self, name: str) -> list[str]:
-        return [value for key, value in self.headers if key.lower() == name.lower()]
 
 
 Handler = Callable[["ReceivedRequest", asyncio.StreamWriter], Awaitable[bool]]
@@ -36,16 +32,11 @@ async def read_request(reader: asyncio.StreamReader, connection_id: int) -> Rece
         head = await reader.readuntil(b"\r\n\r\n")
     except (asyncio.IncompleteReadError, ConnectionError):
         return None
-    lines = head.decode("latin-1").split("\r\n")
-    method, target, version = lines[0].split(" ", 2)
-    headers = []
-    for line in lines[1:]:
-        if line:
-            name, _, value = line.partition(":")
-            headers.append((name, value.strip()))
+    start_line, headers = parse_head(head)
+    method, target, version = start_line.split(" ", 2)
     request = ReceivedRequest(method, target, version, headers, b"", connection_id)
     if (request.header("Transfer-Encoding") or "").lower() == "chunked":
-        request.body = await _read_chunked(reader)
+        request.body, _ = await read_chunked_body(reader)
     elif (length := request.header("Content-Length")) is not None:
         if (request.header("Expect") or "").lower() == "100-continue":
             pass  # the handler decides whether to send 100 Continue before the body is read
@@ -54,24 +45,21 @@ async def read_request(reader: asyncio.StreamReader, connection_id: int) -> Rece
     return request
 
 
-async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
-    body = bytearray()
-    while True:
-        size_line = await reader.readuntil(b"\r\n")
-        size = int(size_line.split(b";")[0], 16)
-        if size == 0:
-            while (await reader.readuntil(b"\r\n")) != b"\r\n":
-                pass  # trailers
-            return bytes(body)
-        body += await reader.readexactly(size)
-        await reader.readexactly(2)
-
-
 def response(status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> bytes:
     lines = [f"HTTP/1.1 {status} X"]
     fields = {"Content-Length": str(len(body)), **(headers or {})}
     lines += [f"{name}: {value}" for name, value in fields.items()]
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def fixed_reply(raw: bytes) -> Handler:
+    """A handler answering every request with the bytes `raw`, keeping the connection open."""
+
+    async def handler(request: ReceivedRequest, writer: asyncio.StreamWriter) -> bool:
+        writer.write(raw)
+        return True
+
+    return handler
 
 
 async def echo_handler(request: ReceivedRequest, writer: asyncio.StreamWriter) -> bool:
@@ -85,40 +73,17 @@ async def echo_handler(request: ReceivedRequest, writer: asyncio.StreamWriter) -
 
 
 @dataclass
-class Backend:
+class Backend(LoopbackServer):
     """A listening backend; `requests` records every request it received."""
 
     handler: Handler = echo_handler
     name: str = "backend"
     requests: list[ReceivedRequest] = field(default_factory=list)
-    connections: int = 0
     open_connections: int = 0
-    port: int = 0
-    host: str = "127.0.0.1"
-    _server: asyncio.Server | None = None
-    _writers: set[asyncio.StreamWriter] = field(default_factory=set)
 
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    async def start(self) -> "Backend":
-        self._server = await asyncio.start_server(self._serve, self.host, self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            for writer in list(self._writers):
-                writer.close()
-            await self._server.wait_closed()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.open_connections += 1
         connection_id = self.connections
-        self._writers.add(writer)
         try:
             while True:
                 request = await read_request(reader, connection_id)
@@ -130,9 +95,5 @@ class Backend:
                 await writer.drain()
                 if not keep_open:
                     break
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
         finally:
             self.open_connections -= 1
-            self._writers.discard(writer)
-            writer.close()

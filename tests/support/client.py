@@ -4,23 +4,16 @@ import asyncio
 import contextlib
 from dataclasses import dataclass
 
+from tests.support.framing import HeaderLookup, Headers, read_chunked_body, read_head
+
 
 @dataclass
-class RawResponse:
+class RawResponse(HeaderLookup):
     status: int
     reason: str
-    headers: list[tuple[str, str]]
+    headers: Headers
     body: bytes
-    trailers: list[tuple[str, str]]
-
-    def header(self, name: str) -> str | None:
-        for key, value in self.headers:
-            if key.lower() == name.lower():
-                return value
-        return None
-
-    def headers_named(self, name: str) -> list[str]:
-        return [value for key, value in self.headers if key.lower() == name.lower()]
+    trailers: Headers
 
 
 class RawClient:
@@ -42,15 +35,9 @@ class RawClient:
 
     async def _read_response(self, head_request: bool) -> RawResponse:
         while True:
-            head = await self.reader.readuntil(b"\r\n\r\n")
-            lines = head.decode("latin-1").split("\r\n")
-            _, status_text, *reason = lines[0].split(" ", 2)
+            status_line, headers = await read_head(self.reader)
+            _, status_text, *reason = status_line.split(" ", 2)
             status = int(status_text)
-            headers = []
-            for line in lines[1:]:
-                if line:
-                    name, _, value = line.partition(":")
-                    headers.append((name, value.strip()))
             if not 100 <= status < 200 or status == 101:
                 break
         result = RawResponse(status, reason[0] if reason else "", headers, b"", [])
@@ -58,7 +45,7 @@ class RawClient:
             return result
         encoding = (result.header("Transfer-Encoding") or "").lower()
         if encoding == "chunked":
-            result.body, result.trailers = await self._read_chunked()
+            result.body, result.trailers = await read_chunked_body(self.reader)
         elif (length := result.header("Content-Length")) is not None:
             result.body = await self.reader.readexactly(int(length))
         else:
@@ -68,19 +55,6 @@ class RawClient:
     async def read_informational(self, timeout: float = 5.0) -> int:
         head = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), timeout)
         return int(head.split(b" ", 2)[1])
-
-    async def _read_chunked(self) -> tuple[bytes, list[tuple[str, str]]]:
-        body = bytearray()
-        while True:
-            size = int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16)
-            if size == 0:
-                trailers = []
-                while (line := await self.reader.readuntil(b"\r\n")) != b"\r\n":
-                    name, _, value = line.decode("latin-1").strip().partition(":")
-                    trailers.append((name, value.strip()))
-                return bytes(body), trailers
-            body += await self.reader.readexactly(size)
-            await self.reader.readexactly(2)
 
     async def is_closed(self, timeout: float = 2.0) -> bool:
         """True when the server closed the connection (EOF) within `timeout`."""

@@ -1,8 +1,9 @@
 """Helpers for HTTP framing and request-validation tests.
 
 A bare asyncio server whose handler gets the raw reader and writer (for streaming bodies and
-100-continue), streaming readers that hash a body without keeping it, an RSS sampler for the
-in-process node, and a reader for the node's local-reply counters.
+100-continue), the message-head and chunked-body parsing every test server and client shares,
+streaming readers that hash a body without keeping it, an RSS sampler for the in-process node,
+and a reader for the node's local-reply counters.
 """
 
 import asyncio
@@ -10,10 +11,12 @@ import contextlib
 import hashlib
 import ssl
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry
+
+from tests.support.loopback import LoopbackServer
 
 Headers = list[tuple[str, str]]
 StreamHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -22,46 +25,17 @@ PIECE = 1 << 20  # 1 MiB
 
 
 @dataclass
-class RawServer:
+class RawServer(LoopbackServer):
     """A loopback server that hands each connection to `handler` as raw streams."""
 
     handler: StreamHandler
-    port: int = 0
-    connections: int = 0
-    _server: asyncio.Server | None = None
-    _writers: set[asyncio.StreamWriter] = field(default_factory=set)
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self) -> "RawServer":
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            for writer in list(self._writers):
-                writer.close()
-            await self._server.wait_closed()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        self._writers.add(writer)
-        try:
-            await self.handler(reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            self._writers.discard(writer)
-            writer.close()
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self.handler(reader, writer)
 
 
-async def read_head(reader: asyncio.StreamReader) -> tuple[str, Headers]:
-    """The start line and the header fields of a message head."""
-    head = await reader.readuntil(b"\r\n\r\n")
+def parse_head(head: bytes) -> tuple[str, Headers]:
+    """The start line and the header fields of a message head, CRLF-separated."""
     lines = head.decode("latin-1").split("\r\n")
     headers: Headers = []
     for line in lines[1:]:
@@ -71,6 +45,11 @@ async def read_head(reader: asyncio.StreamReader) -> tuple[str, Headers]:
     return lines[0], headers
 
 
+async def read_head(reader: asyncio.StreamReader) -> tuple[str, Headers]:
+    """The start line and the header fields of the next message head on `reader`."""
+    return parse_head(await reader.readuntil(b"\r\n\r\n"))
+
+
 def values_of(headers: Headers, name: str) -> list[str]:
     return [value for key, value in headers if key.lower() == name.lower()]
 
@@ -78,6 +57,18 @@ def values_of(headers: Headers, name: str) -> list[str]:
 def value_of(headers: Headers, name: str) -> str | None:
     values = values_of(headers, name)
     return values[0] if values else None
+
+
+class HeaderLookup:
+    """`header` and `headers_named` for a message whose `headers` are a list of fields."""
+
+    headers: Headers
+
+    def header(self, name: str) -> str | None:
+        return value_of(self.headers, name)
+
+    def headers_named(self, name: str) -> list[str]:
+        return values_of(self.headers, name)
 
 
 async def hash_exactly(reader: asyncio.StreamReader, length: int) -> tuple[str, int]:
@@ -93,10 +84,8 @@ async def hash_exactly(reader: asyncio.StreamReader, length: int) -> tuple[str, 
     return digest.hexdigest(), length - remaining
 
 
-async def hash_chunked(reader: asyncio.StreamReader) -> tuple[str, int, Headers]:
-    """Reads a chunked body in bounded pieces; returns sha256, size and the trailer fields."""
-    digest = hashlib.sha256()
-    total = 0
+async def read_chunked(reader: asyncio.StreamReader, on_data: Callable[[bytes], object]) -> Headers:
+    """Reads a chunked body, handing its data to `on_data` in bounded pieces; returns trailers."""
     while True:
         size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
         if size == 0:
@@ -104,14 +93,34 @@ async def hash_chunked(reader: asyncio.StreamReader) -> tuple[str, int, Headers]
             while (line := await reader.readuntil(b"\r\n")) != b"\r\n":
                 name, _, value = line.decode("latin-1").strip().partition(":")
                 trailers.append((name, value.strip()))
-            return digest.hexdigest(), total, trailers
+            return trailers
         remaining = size
         while remaining:
             data = await reader.readexactly(min(remaining, 256 * 1024))
-            digest.update(data)
+            on_data(data)
             remaining -= len(data)
-        total += size
         await reader.readexactly(2)
+
+
+async def read_chunked_body(reader: asyncio.StreamReader) -> tuple[bytes, Headers]:
+    """A whole chunked body, and its trailer fields."""
+    body = bytearray()
+    trailers = await read_chunked(reader, body.extend)
+    return bytes(body), trailers
+
+
+async def hash_chunked(reader: asyncio.StreamReader) -> tuple[str, int, Headers]:
+    """Reads a chunked body in bounded pieces; returns sha256, size and the trailer fields."""
+    digest = hashlib.sha256()
+    total = 0
+
+    def take(data: bytes) -> None:
+        nonlocal total
+        digest.update(data)
+        total += len(data)
+
+    trailers = await read_chunked(reader, take)
+    return digest.hexdigest(), total, trailers
 
 
 def rss_bytes() -> int:

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,8 @@ import yaml
 
 from loadweaver.config.loader import build_config
 from loadweaver.node import Node
+from tests.support.backend import Backend
+from tests.support.client import RawClient
 from tests.support.ports import free_port
 
 
@@ -49,10 +52,50 @@ def admin_port(config: dict[str, Any]) -> int:
     return int(config["admin"]["bind"].rsplit(":", 1)[1])
 
 
+def write_config(path: Path, config: dict[str, Any]) -> Path:
+    """Writes `config` as the YAML file a node loads and reloads."""
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
 async def start_node(config: dict[str, Any], config_path: Path | None = None) -> Node:
     node = Node(build_config(config, "test"), config_path)
     await node.start()
     return node
+
+
+@dataclass
+class Proxy:
+    """A node running in-process from `config` (read from `config_file` when it has one)."""
+
+    node: Node
+    config: dict[str, Any]
+    config_file: Path | None = field(default=None, kw_only=True)
+
+    @property
+    def port(self) -> int:
+        """The port of its (first) listener."""
+        return listener_port(self.config)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def rewrite_config(self, config: dict[str, Any] | None = None) -> None:
+        """Writes `config`, or the (edited) `self.config`, to the file `node.reload()` reads."""
+        assert self.config_file is not None, "the node was not started from a file"
+        write_config(self.config_file, self.config if config is None else config)
+
+    async def connect(self, **kwargs: Any) -> RawClient:
+        """A new raw client connection to the listener (`kwargs` as for `open_connection`)."""
+        return await RawClient.connect(self.port, **kwargs)
+
+
+@dataclass
+class Proxied(Proxy):
+    """A node in front of one scripted loopback backend."""
+
+    backend: Backend
 
 
 class NodeProcess:
@@ -60,8 +103,7 @@ class NodeProcess:
 
     def __init__(self, config: dict[str, Any], directory: Path, *extra: str) -> None:
         self.config = config
-        self.path = directory / "loadweaver.yaml"
-        self.path.write_text(yaml.safe_dump(config))
+        self.path = write_config(directory / "loadweaver.yaml", config)
         self.log = directory / "node.log"
         self.process = subprocess.Popen(
             [

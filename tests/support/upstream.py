@@ -38,3 +38,8 @@ def metric(node: Node, name: str, labels: dict[str, str] | None = None) -> float
     """A sample from the node's own registry; 0 when the labelled child does not exist yet."""
     value = node.metrics.registry.get_sample_value(name, labels or {})
     return 0.0 if value is None else value
+
+
+def local_reply_count(node: Node, status: int, reason: str) -> float:
+    """How many local replies with this status and reason the node has sent."""
+    return metric(node, "loadweaver_local_replies_total", {"status": str(status), "reason": reason})

@@ -5,10 +5,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from loadweaver.config import Config, ConfigError, load_config, load_default_config
 from loadweaver.config.loader import build_config
+from tests.support.nodes import write_config
 
 
 @pytest.fixture(autouse=True)
@@ -36,12 +36,7 @@ def pool_with(*backends: dict[str, Any], **pool: Any) -> dict[str, Any]:
     return {"pools": {"app": {"backends": list(backends), **pool}}}
 
 
-def write_yaml(path: Path, data: dict[str, Any]) -> Path:
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
-BASE = {
+BASE: dict[str, Any] = {
     "listeners": [{"name": "web", "bind": "127.0.0.1:8000"}],
     "pools": {"app": {"backends": [{"name": "a", "url": "http://127.0.0.1:9001"}]}},
     "routes": [{"name": "default", "pool": "app"}],
@@ -49,6 +44,12 @@ BASE = {
     "limits": {"max_header_bytes": "16KiB", "max_url_bytes": "4KiB"},
     "cluster": {"name": "blue", "redis_url": "redis://yaml.invalid:6379/0"},
 }
+
+
+@pytest.fixture
+def base_file(tmp_path: Path) -> Path:
+    """`BASE` as `config.yaml` in the (working) test directory."""
+    return write_config(tmp_path / "config.yaml", BASE)
 
 
 # ---- a valid config ----
@@ -266,30 +267,27 @@ def test_same_backend_name_in_two_pools_is_fine() -> None:
     assert set(config.pools) == {"p1", "p2"}
 
 
-def test_duplicate_listener_names() -> None:
-    problem = one_problem(
-        {
-            "listeners": [
-                {"name": "web", "bind": "127.0.0.1:8000"},
-                {"name": "web", "bind": "127.0.0.1:8001"},
-            ]
-        }
-    )
-    assert problem.startswith("listeners.1.name:")
-    assert "'web'" in problem
-
-
-def test_duplicate_listener_binds() -> None:
-    problem = one_problem(
-        {
-            "listeners": [
-                {"name": "a", "bind": "127.0.0.1:8000"},
-                {"name": "b", "bind": "127.0.0.1:8000"},
-            ]
-        }
-    )
-    assert problem.startswith("listeners.1.bind:")
-    assert "127.0.0.1:8000" in problem
+@pytest.mark.parametrize(
+    ("listeners", "location", "named"),
+    [
+        (
+            [{"name": "web", "bind": "127.0.0.1:8000"}, {"name": "web", "bind": "127.0.0.1:8001"}],
+            "listeners.1.name:",
+            "'web'",
+        ),
+        (
+            [{"name": "a", "bind": "127.0.0.1:8000"}, {"name": "b", "bind": "127.0.0.1:8000"}],
+            "listeners.1.bind:",
+            "127.0.0.1:8000",
+        ),
+    ],
+    ids=["names", "binds"],
+)
+def test_duplicate_listener(listeners: list[dict[str, str]], location: str, named: str) -> None:
+    """The second listener with a name or a bind already taken is the one reported."""
+    problem = one_problem({"listeners": listeners})
+    assert problem.startswith(location)
+    assert named in problem
 
 
 def test_duplicate_route_names() -> None:
@@ -398,12 +396,13 @@ def test_invalid_trusted_proxies(value: str) -> None:
 # ---- environment overrides ----
 
 
-def test_environment_overrides_yaml_values(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    path = write_yaml(tmp_path / "config.yaml", BASE)
+def test_environment_overrides_yaml_values(
+    monkeypatch: pytest.MonkeyPatch, base_file: Path
+) -> None:
     monkeypatch.setenv("LOADWEAVER_CLUSTER__REDIS_URL", "redis://env.invalid:6380/1")
     monkeypatch.setenv("LOADWEAVER_LIMITS__MAX_HEADER_BYTES", "64KiB")
     monkeypatch.setenv("LOADWEAVER_ADMIN__BIND", "127.0.0.1:9191")
-    config = load_config(path)
+    config = load_config(base_file)
     assert config.cluster.redis_url == "redis://env.invalid:6380/1"
     assert config.limits.max_header_bytes == 64 * 1024
     assert config.admin.bind == "127.0.0.1:9191"
@@ -416,7 +415,7 @@ def test_environment_overrides_yaml_values(monkeypatch: pytest.MonkeyPatch, tmp_
 def test_environment_fills_values_the_yaml_leaves_out(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    path = write_yaml(tmp_path / "config.yaml", {"pools": {"app": {}}})
+    path = write_config(tmp_path / "config.yaml", {"pools": {"app": {}}})
     monkeypatch.setenv("LOADWEAVER_NODE__SHUTDOWN_GRACE", "2s")
     monkeypatch.setenv("LOADWEAVER_LOGGING__LEVEL", "debug")
     config = load_config(path)
@@ -425,63 +424,54 @@ def test_environment_fills_values_the_yaml_leaves_out(
 
 
 def test_invalid_environment_value_is_a_config_error(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch, base_file: Path
 ) -> None:
-    path = write_yaml(tmp_path / "config.yaml", BASE)
     monkeypatch.setenv("LOADWEAVER_LIMITS__MAX_HEADER_BYTES", "lots")
     with pytest.raises(ConfigError) as caught:
-        load_config(path)
+        load_config(base_file)
     assert any(p.startswith("limits.max_header_bytes:") for p in caught.value.problems)
 
 
-def test_dotenv_file_in_the_working_directory_is_read(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    path = write_yaml(tmp_path / "config.yaml", BASE)
+def test_dotenv_file_in_the_working_directory_is_read(tmp_path: Path, base_file: Path) -> None:
     (tmp_path / ".env").write_text(
         "LOADWEAVER_ADMIN__BIND=127.0.0.1:9292\nLOADWEAVER_LIMITS__MAX_URL_BYTES=2KiB\n"
     )
-    config = load_config(path)
+    config = load_config(base_file)
     assert config.admin.bind == "127.0.0.1:9292"
     assert config.limits.max_url_bytes == 2 * 1024
     assert config.limits.max_header_bytes == 16 * 1024
 
 
 def test_process_environment_wins_over_dotenv(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, base_file: Path
 ) -> None:
-    path = write_yaml(tmp_path / "config.yaml", BASE)
     (tmp_path / ".env").write_text("LOADWEAVER_ADMIN__BIND=127.0.0.1:9292\n")
     monkeypatch.setenv("LOADWEAVER_ADMIN__BIND", "127.0.0.1:9393")
-    assert load_config(path).admin.bind == "127.0.0.1:9393"
+    assert load_config(base_file).admin.bind == "127.0.0.1:9393"
 
 
-def test_dotenv_variables_for_other_programs_are_ignored(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_dotenv_variables_for_other_programs_are_ignored(tmp_path: Path, base_file: Path) -> None:
     """A `.env` is shared with other tools (docker compose, the app): their keys are not ours."""
-    path = write_yaml(tmp_path / "config.yaml", BASE)
     (tmp_path / ".env").write_text(
         "POSTGRES_PASSWORD=secret\nLOADWEAVER_ADMIN__BIND=127.0.0.1:9292\nDEBUG=1\n"
     )
-    config = load_config(path)
+    config = load_config(base_file)
     assert config.admin.bind == "127.0.0.1:9292"
 
 
 def test_environment_layer_file_is_merged_over_the_base(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, base_file: Path
 ) -> None:
-    path = write_yaml(tmp_path / "config.yaml", BASE)
-    write_yaml(
+    write_config(
         tmp_path / "config.production.yaml",
         {
             "limits": {"max_url_bytes": "2KiB"},
             "pools": {"app": {"backends": [{"name": "p", "url": "http://127.0.0.1:9101"}]}},
         },
     )
-    write_yaml(tmp_path / "config.staging.yaml", {"admin": {"bind": "127.0.0.1:1"}})
+    write_config(tmp_path / "config.staging.yaml", {"admin": {"bind": "127.0.0.1:1"}})
     monkeypatch.setenv("LOADWEAVER_ENV", "production")
-    config = load_config(path)
+    config = load_config(base_file)
     assert config.limits.max_url_bytes == 2 * 1024
     assert config.limits.max_header_bytes == 16 * 1024  # deep merge keeps siblings
     assert [b.name for b in config.pools["app"].backends] == ["p"]  # lists are replaced
@@ -489,36 +479,34 @@ def test_environment_layer_file_is_merged_over_the_base(
     assert config.cluster.name == "blue"
 
 
-def test_environment_layer_is_optional(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    path = write_yaml(tmp_path / "config.yaml", BASE)
+def test_environment_layer_is_optional(monkeypatch: pytest.MonkeyPatch, base_file: Path) -> None:
     monkeypatch.setenv("LOADWEAVER_ENV", "production")
-    assert load_config(path).limits.max_url_bytes == 4 * 1024
+    assert load_config(base_file).limits.max_url_bytes == 4 * 1024
 
 
 def test_environment_variables_win_over_the_layer(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, base_file: Path
 ) -> None:
-    path = write_yaml(tmp_path / "config.yaml", BASE)
-    write_yaml(tmp_path / "config.production.yaml", {"admin": {"bind": "127.0.0.1:9494"}})
+    write_config(tmp_path / "config.production.yaml", {"admin": {"bind": "127.0.0.1:9494"}})
     monkeypatch.setenv("LOADWEAVER_ENV", "production")
     monkeypatch.setenv("LOADWEAVER_ADMIN__BIND", "127.0.0.1:9595")
-    assert load_config(path).admin.bind == "127.0.0.1:9595"
+    assert load_config(base_file).admin.bind == "127.0.0.1:9595"
 
 
-def test_layer_errors_are_reported(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    path = write_yaml(tmp_path / "config.yaml", BASE)
+def test_layer_errors_are_reported(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, base_file: Path
+) -> None:
     (tmp_path / "config.production.yaml").write_text("limits: [\n")
     monkeypatch.setenv("LOADWEAVER_ENV", "production")
     with pytest.raises(ConfigError) as caught:
-        load_config(path)
+        load_config(base_file)
     assert caught.value.source.endswith("config.production.yaml")
 
 
-def test_environ_argument_selects_the_layer(tmp_path: Path) -> None:
-    path = write_yaml(tmp_path / "config.yaml", BASE)
-    write_yaml(tmp_path / "config.production.yaml", {"limits": {"max_url_bytes": 512}})
-    assert load_config(path, {"LOADWEAVER_ENV": "production"}).limits.max_url_bytes == 512
-    assert load_config(path, {}).limits.max_url_bytes == 4 * 1024
+def test_environ_argument_selects_the_layer(tmp_path: Path, base_file: Path) -> None:
+    write_config(tmp_path / "config.production.yaml", {"limits": {"max_url_bytes": 512}})
+    assert load_config(base_file, {"LOADWEAVER_ENV": "production"}).limits.max_url_bytes == 512
+    assert load_config(base_file, {}).limits.max_url_bytes == 4 * 1024
 
 
 # ---- file problems ----

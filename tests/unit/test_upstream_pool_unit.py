@@ -2,7 +2,7 @@
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,47 +11,34 @@ import pytest
 from loadweaver.config.addresses import UpstreamAddress
 from loadweaver.pool.connection import UpstreamConnection
 from loadweaver.pool.pool import PoolSettings, UpstreamConnectError, UpstreamPool
+from tests.support.loopback import LoopbackServer
+from tests.support.polling import eventually
 from tests.support.ports import closed_port
 from tests.support.upstream import blackhole_port
 
 
 @dataclass
-class TcpServer:
+class TcpServer(LoopbackServer):
     """Accepts connections and holds them open until the peer closes; counts both."""
 
-    accepted: int = 0
     open: int = 0
-    port: int = 0
     writers: list[asyncio.StreamWriter] = field(default_factory=list)
     closed_by_peer: list[int] = field(default_factory=list)
-    _server: asyncio.Server | None = None
 
-    async def start(self) -> "TcpServer":
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
+    @property
+    def accepted(self) -> int:
+        return self.connections
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.accepted += 1
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.open += 1
         index = self.accepted
         self.writers.append(writer)
         try:
             while await reader.read(4096):
                 pass
-        except ConnectionError:
-            pass
         finally:
             self.open -= 1
             self.closed_by_peer.append(index)
-            writer.close()
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            for writer in self.writers:
-                writer.close()
-            await self._server.wait_closed()
 
 
 @pytest.fixture
@@ -80,13 +67,17 @@ def make_pool(pools: list[UpstreamPool], port: int, **settings: Any) -> Upstream
     return pool
 
 
-async def eventually(condition: Any, timeout: float = 2.0, message: str = "") -> None:
-    """Polls `condition()` every 10 ms; fails after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(message or "condition not reached in time")
-        await asyncio.sleep(0.01)
+MakePool = Callable[..., UpstreamPool]
+
+
+@pytest.fixture
+def server_pool(server: TcpServer, pools: list[UpstreamPool]) -> MakePool:
+    """Makes pools (with the given settings) to the `server` fixture."""
+
+    def make(**settings: Any) -> UpstreamPool:
+        return make_pool(pools, server.port, **settings)
+
+    return make
 
 
 async def settle() -> None:
@@ -94,13 +85,35 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
+async def one_slot_taken(server_pool: MakePool) -> tuple[UpstreamPool, UpstreamConnection]:
+    """A pool limited to one connection, and that connection, lent out."""
+    pool = server_pool(max_connections=1)
+    return pool, await pool.acquire()
+
+
+async def idle_connection(
+    server: TcpServer, server_pool: MakePool
+) -> tuple[UpstreamPool, UpstreamConnection, asyncio.StreamWriter]:
+    """A pool holding one idle connection, and the server's end of that connection."""
+    pool = server_pool()
+    connection = await pool.acquire()
+    pool.release(connection, reusable=True)
+    await eventually(lambda: len(server.writers) == 1)
+    return pool, connection, server.writers[0]
+
+
+async def queued_acquire(pool: UpstreamPool) -> asyncio.Task[UpstreamConnection]:
+    """An `acquire()` task that has run until it waits in the pool's queue."""
+    task = asyncio.create_task(pool.acquire())
+    await settle()
+    return task
+
+
 # ---- acquire / release / take_idle ----
 
 
-async def test_acquire_opens_and_release_keeps_it_idle(
-    server: TcpServer, pools: list[UpstreamPool]
-) -> None:
-    pool = make_pool(pools, server.port)
+async def test_acquire_opens_and_release_keeps_it_idle(server_pool: MakePool) -> None:
+    pool = server_pool()
     connection = await pool.acquire()
     assert isinstance(connection, UpstreamConnection)
     assert connection.requests == 1
@@ -114,9 +127,9 @@ async def test_acquire_opens_and_release_keeps_it_idle(
 
 
 async def test_take_idle_reuses_and_counts_requests(
-    server: TcpServer, pools: list[UpstreamPool]
+    server: TcpServer, server_pool: MakePool
 ) -> None:
-    pool = make_pool(pools, server.port)
+    pool = server_pool()
     assert pool.take_idle() is None
     connection = await pool.acquire()
     pool.release(connection, reusable=True)
@@ -133,8 +146,8 @@ async def test_take_idle_reuses_and_counts_requests(
     assert server.accepted == 1
 
 
-async def test_take_idle_returns_newest_first(server: TcpServer, pools: list[UpstreamPool]) -> None:
-    pool = make_pool(pools, server.port)
+async def test_take_idle_returns_newest_first(server_pool: MakePool) -> None:
+    pool = server_pool()
     first = await pool.acquire()
     second = await pool.acquire()
     assert first is not second
@@ -146,10 +159,8 @@ async def test_take_idle_returns_newest_first(server: TcpServer, pools: list[Ups
     assert pool.take_idle() is None
 
 
-async def test_fresh_acquire_skips_idle_connections(
-    server: TcpServer, pools: list[UpstreamPool]
-) -> None:
-    pool = make_pool(pools, server.port)
+async def test_fresh_acquire_skips_idle_connections(server_pool: MakePool) -> None:
+    pool = server_pool()
     idle = await pool.acquire()
     pool.release(idle, reusable=True)
     fresh = await pool.acquire(fresh=True)
@@ -159,8 +170,8 @@ async def test_fresh_acquire_skips_idle_connections(
     assert pool.open_connections == 2
 
 
-async def test_release_not_reusable_closes(server: TcpServer, pools: list[UpstreamPool]) -> None:
-    pool = make_pool(pools, server.port)
+async def test_release_not_reusable_closes(server: TcpServer, server_pool: MakePool) -> None:
+    pool = server_pool()
     connection = await pool.acquire()
     await eventually(lambda: server.open == 1)
     pool.release(connection, reusable=False)
@@ -170,8 +181,8 @@ async def test_release_not_reusable_closes(server: TcpServer, pools: list[Upstre
     await eventually(lambda: server.open == 0, message="server never saw the close")
 
 
-async def test_release_clears_the_handler(server: TcpServer, pools: list[UpstreamPool]) -> None:
-    pool = make_pool(pools, server.port)
+async def test_release_clears_the_handler(server_pool: MakePool) -> None:
+    pool = server_pool()
     connection = await pool.acquire()
 
     class Sink:
@@ -185,8 +196,8 @@ async def test_release_clears_the_handler(server: TcpServer, pools: list[Upstrea
     assert connection.handler is None
 
 
-async def test_max_requests_closes_on_release(server: TcpServer, pools: list[UpstreamPool]) -> None:
-    pool = make_pool(pools, server.port, max_requests=2)
+async def test_max_requests_closes_on_release(server_pool: MakePool) -> None:
+    pool = server_pool(max_requests=2)
     connection = await pool.acquire()
     pool.release(connection, reusable=True)
     assert pool.take_idle() is connection  # its second request
@@ -196,8 +207,8 @@ async def test_max_requests_closes_on_release(server: TcpServer, pools: list[Ups
     assert pool.open_connections == 0
 
 
-async def test_max_idle_closes_the_surplus(server: TcpServer, pools: list[UpstreamPool]) -> None:
-    pool = make_pool(pools, server.port, max_idle=1)
+async def test_max_idle_closes_the_surplus(server_pool: MakePool) -> None:
+    pool = server_pool(max_idle=1)
     first = await pool.acquire()
     second = await pool.acquire()
     pool.release(first, reusable=True)
@@ -209,13 +220,10 @@ async def test_max_idle_closes_the_surplus(server: TcpServer, pools: list[Upstre
 
 
 async def test_connection_closed_by_server_while_idle_is_never_handed_out(
-    server: TcpServer, pools: list[UpstreamPool]
+    server: TcpServer, server_pool: MakePool
 ) -> None:
-    pool = make_pool(pools, server.port)
-    connection = await pool.acquire()
-    pool.release(connection, reusable=True)
-    await eventually(lambda: len(server.writers) == 1)
-    server.writers[0].close()
+    pool, connection, server_end = await idle_connection(server, server_pool)
+    server_end.close()
     await eventually(lambda: connection.closed, message="the server's close went unnoticed")
     assert pool.idle_count == 0
     assert pool.open_connections == 0
@@ -225,13 +233,10 @@ async def test_connection_closed_by_server_while_idle_is_never_handed_out(
 
 
 async def test_bytes_on_an_idle_connection_make_it_unusable(
-    server: TcpServer, pools: list[UpstreamPool]
+    server: TcpServer, server_pool: MakePool
 ) -> None:
-    pool = make_pool(pools, server.port)
-    connection = await pool.acquire()
-    pool.release(connection, reusable=True)
-    await eventually(lambda: len(server.writers) == 1)
-    server.writers[0].write(b"HTTP/1.1 200 OK\r\n\r\n")
+    pool, connection, server_end = await idle_connection(server, server_pool)
+    server_end.write(b"HTTP/1.1 200 OK\r\n\r\n")
     await eventually(lambda: connection.closed)
     assert pool.take_idle() is None
     assert pool.open_connections == 0
@@ -241,10 +246,9 @@ async def test_bytes_on_an_idle_connection_make_it_unusable(
 
 
 async def test_waiters_are_served_first_come_first_served(
-    server: TcpServer, pools: list[UpstreamPool]
+    server: TcpServer, server_pool: MakePool
 ) -> None:
-    pool = make_pool(pools, server.port, max_connections=1)
-    held = await pool.acquire()
+    pool, held = await one_slot_taken(server_pool)
     order: list[int] = []
 
     async def wait_turn(index: int) -> UpstreamConnection:
@@ -270,12 +274,10 @@ async def test_waiters_are_served_first_come_first_served(
 
 
 async def test_waiter_gets_a_new_connection_when_a_lent_one_closes(
-    server: TcpServer, pools: list[UpstreamPool]
+    server: TcpServer, server_pool: MakePool
 ) -> None:
-    pool = make_pool(pools, server.port, max_connections=1)
-    held = await pool.acquire()
-    waiter = asyncio.create_task(pool.acquire())
-    await settle()
+    pool, held = await one_slot_taken(server_pool)
+    waiter = await queued_acquire(pool)
     assert not waiter.done()
     pool.release(held, reusable=False)
     replacement = await asyncio.wait_for(waiter, 1.0)
@@ -286,10 +288,9 @@ async def test_waiter_gets_a_new_connection_when_a_lent_one_closes(
 
 
 async def test_waiter_woken_when_server_closes_a_lent_connection(
-    server: TcpServer, pools: list[UpstreamPool]
+    server: TcpServer, server_pool: MakePool
 ) -> None:
-    pool = make_pool(pools, server.port, max_connections=1)
-    held = await pool.acquire()
+    pool, held = await one_slot_taken(server_pool)
     waiter = asyncio.create_task(pool.acquire())
     await eventually(lambda: len(server.writers) == 1)
     server.writers[0].close()
@@ -301,9 +302,9 @@ async def test_waiter_woken_when_server_closes_a_lent_connection(
 
 
 async def test_connections_being_opened_count_against_the_limit(
-    server: TcpServer, pools: list[UpstreamPool]
+    server: TcpServer, server_pool: MakePool
 ) -> None:
-    pool = make_pool(pools, server.port, max_connections=2)
+    pool = server_pool(max_connections=2)
     tasks = [asyncio.create_task(pool.acquire()) for _ in range(5)]
     await asyncio.sleep(0)  # every task ran up to its first await; none has connected yet
     assert pool.open_connections == 2
@@ -335,12 +336,10 @@ async def test_failed_open_wakes_a_waiter(pools: list[UpstreamPool]) -> None:
 
 
 async def test_a_waiter_cancelled_after_being_handed_a_connection_does_not_leak_it(
-    server: TcpServer, pools: list[UpstreamPool]
+    server_pool: MakePool,
 ) -> None:
-    pool = make_pool(pools, server.port, max_connections=1)
-    held = await pool.acquire()
-    waiter = asyncio.create_task(pool.acquire())
-    await settle()
+    pool, held = await one_slot_taken(server_pool)
+    waiter = await queued_acquire(pool)
     pool.release(held, reusable=True)  # handed to the waiter...
     waiter.cancel()  # ...which is cancelled before it runs again
     with pytest.raises(asyncio.CancelledError):
@@ -352,14 +351,11 @@ async def test_a_waiter_cancelled_after_being_handed_a_connection_does_not_leak_
 
 
 async def test_a_waiter_cancelled_after_being_woken_passes_the_free_slot_on(
-    server: TcpServer, pools: list[UpstreamPool]
+    server_pool: MakePool,
 ) -> None:
-    pool = make_pool(pools, server.port, max_connections=1)
-    held = await pool.acquire()
-    first = asyncio.create_task(pool.acquire())
-    await settle()
-    second = asyncio.create_task(pool.acquire())
-    await settle()
+    pool, held = await one_slot_taken(server_pool)
+    first = await queued_acquire(pool)
+    second = await queued_acquire(pool)
     pool.release(held, reusable=False)  # frees the slot and wakes the first waiter...
     first.cancel()  # ...which is cancelled before it can use it
     with pytest.raises(asyncio.CancelledError):
@@ -370,15 +366,10 @@ async def test_a_waiter_cancelled_after_being_woken_passes_the_free_slot_on(
     pool.release(connection, reusable=True)
 
 
-async def test_a_cancelled_waiter_does_not_take_a_later_release(
-    server: TcpServer, pools: list[UpstreamPool]
-) -> None:
-    pool = make_pool(pools, server.port, max_connections=1)
-    held = await pool.acquire()
-    cancelled = asyncio.create_task(pool.acquire())
-    await settle()
-    patient = asyncio.create_task(pool.acquire())
-    await settle()
+async def test_a_cancelled_waiter_does_not_take_a_later_release(server_pool: MakePool) -> None:
+    pool, held = await one_slot_taken(server_pool)
+    cancelled = await queued_acquire(pool)
+    patient = await queued_acquire(pool)
     cancelled.cancel()
     await settle()
     pool.release(held, reusable=True)
@@ -388,8 +379,8 @@ async def test_a_cancelled_waiter_does_not_take_a_later_release(
 # ---- idle expiry ----
 
 
-async def test_idle_connections_expire(server: TcpServer, pools: list[UpstreamPool]) -> None:
-    pool = make_pool(pools, server.port, idle_timeout=0.1)
+async def test_idle_connections_expire(server: TcpServer, server_pool: MakePool) -> None:
+    pool = server_pool(idle_timeout=0.1)
     connection = await pool.acquire()
     pool.release(connection, reusable=True)
     await asyncio.sleep(0.05)
@@ -400,10 +391,8 @@ async def test_idle_connections_expire(server: TcpServer, pools: list[UpstreamPo
     await eventually(lambda: server.open == 0, message="server never saw the close")
 
 
-async def test_idle_expiry_rearms_for_the_next_oldest(
-    server: TcpServer, pools: list[UpstreamPool]
-) -> None:
-    pool = make_pool(pools, server.port, idle_timeout=0.2)
+async def test_idle_expiry_rearms_for_the_next_oldest(server_pool: MakePool) -> None:
+    pool = server_pool(idle_timeout=0.2)
     older = await pool.acquire()
     newer = await pool.acquire()
     pool.release(older, reusable=True)
@@ -419,8 +408,8 @@ async def test_idle_expiry_rearms_for_the_next_oldest(
     await eventually(lambda: third.closed, timeout=1.0)
 
 
-async def test_reuse_resets_the_idle_clock(server: TcpServer, pools: list[UpstreamPool]) -> None:
-    pool = make_pool(pools, server.port, idle_timeout=0.2)
+async def test_reuse_resets_the_idle_clock(server_pool: MakePool) -> None:
+    pool = server_pool(idle_timeout=0.2)
     connection = await pool.acquire()
     pool.release(connection, reusable=True)
     for _ in range(4):
@@ -435,9 +424,9 @@ async def test_reuse_resets_the_idle_clock(server: TcpServer, pools: list[Upstre
 
 
 async def test_close_closes_idle_and_fails_waiters(
-    server: TcpServer, pools: list[UpstreamPool]
+    server: TcpServer, server_pool: MakePool
 ) -> None:
-    pool = make_pool(pools, server.port, max_connections=2)
+    pool = server_pool(max_connections=2)
     idle = await pool.acquire()
     lent = await pool.acquire()
     pool.release(idle, reusable=True)
@@ -476,9 +465,9 @@ async def test_close_closes_idle_and_fails_waiters(
 
 
 async def test_close_closes_idle_connections_at_once(
-    server: TcpServer, pools: list[UpstreamPool]
+    server: TcpServer, server_pool: MakePool
 ) -> None:
-    pool = make_pool(pools, server.port)
+    pool = server_pool()
     connections = [await pool.acquire() for _ in range(3)]
     for connection in connections:
         pool.release(connection, reusable=True)
