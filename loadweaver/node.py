@@ -2,6 +2,7 @@
 
 import asyncio
 import gc
+import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -12,16 +13,18 @@ from loadweaver.admin.server import AdminServer
 from loadweaver.config.addresses import parse_bind
 from loadweaver.config.loader import ConfigError, load_config
 from loadweaver.config.models import Config
-from loadweaver.control.compiler import compile_snapshot
+from loadweaver.control.compiler import CompileResources, compile_snapshot
+from loadweaver.control.editor import BackendEditor
+from loadweaver.control.errors import NodeStartError
+from loadweaver.control.loads import LoadRegistry
+from loadweaver.control.ramps import refresh_ramping_pools
 from loadweaver.control.snapshot import Snapshot, SnapshotHolder
 from loadweaver.observability.metrics import Metrics
 from loadweaver.pool.manager import PoolManager
 from loadweaver.proxy.listener import ConnectionRegistry, Listener, ListenError, ProxyContext
 from loadweaver.proxy.tls import TlsConfigError
 
-
-class NodeStartError(Exception):
-    """The node cannot start; the message is a sentence for the operator."""
+__all__ = ["Node", "NodeStartError"]
 
 
 class Node:
@@ -45,7 +48,12 @@ class Node:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self.pools = PoolManager(loop)
+        self.resources = CompileResources(
+            pools=self.pools, loads=LoadRegistry(loop.time), fallback_secret=os.urandom(32)
+        )
+        self._warn_about_sticky_secrets(self.config)
         self.holder = SnapshotHolder(self._compile(self.config))
+        self.editor = BackendEditor(lambda: self.config, self.apply)
         self.connections = ConnectionRegistry(loop, self.holder)
         self.context = ProxyContext(loop, self.holder, self.metrics, self.connections)
         self.admin = AdminServer(
@@ -62,6 +70,7 @@ class Node:
             await self.stop(grace=0)
             raise
         self.connections.start()
+        self._ramps = loop.create_task(refresh_ramping_pools(self.holder, loop.time))
         # Objects from startup live as long as the process: exclude them from every later
         # full collection, whose pauses would otherwise show up in tail latency.
         gc.collect()
@@ -82,7 +91,7 @@ class Node:
     def _compile(self, config: Config) -> Snapshot:
         self._version += 1
         try:
-            return compile_snapshot(config, self._version, self.pools)
+            return compile_snapshot(config, self._version, self.resources)
         except TlsConfigError as error:
             raise NodeStartError(str(error)) from None
 
@@ -92,21 +101,43 @@ class Node:
             logger.warning("reload requested, but the node runs without a config file")
             return False
         try:
-            config = load_config(self.config_path)
-            snapshot = self._compile(config)
+            snapshot = await self.apply(load_config(self.config_path))
         except (ConfigError, NodeStartError) as error:
             self.metrics.config_reloads.labels("failure").inc()
             logger.error("config reload failed, keeping the running config:\n{}", error)
             return False
-        self.config = config
-        self.holder.swap(snapshot)
-        await self._sync_listeners()
-        self.pools.retain_only(
-            backend.connections for pool in snapshot.pools.values() for backend in pool.backends
-        )
         self.metrics.config_reloads.labels("success").inc()
         logger.info("config reloaded (version {})", snapshot.version)
         return True
+
+    async def apply(self, config: Config) -> Snapshot:
+        """Compiles `config` and swaps it in; raises NodeStartError, leaving the old one running.
+
+        Requests in flight keep the snapshot they started with. Pools and backends that did
+        not change keep their pooled connections and load; removed ones close when idle.
+        """
+        self._warn_about_sticky_secrets(config)
+        snapshot = self._compile(config)
+        self.config = config
+        self.holder.swap(snapshot)
+        await self._sync_listeners()
+        backends = [backend for pool in snapshot.pools.values() for backend in pool.backends]
+        self.pools.retain_only(backend.connections for backend in backends)
+        self.resources.loads.retain_only(
+            (backend.pool_name, backend.name, backend.address) for backend in backends
+        )
+        return snapshot
+
+    def _warn_about_sticky_secrets(self, config: Config) -> None:
+        for name, pool in config.pools.items():
+            if pool.sticky is not None and pool.sticky.cookie and not pool.sticky.secret:
+                logger.warning(
+                    "pool {}: sticky cookies are signed with a random per-process key; set "
+                    "pools.{}.sticky.secret or LOADWEAVER_STICKY_SECRET so they survive "
+                    "restarts and work on every node",
+                    name,
+                    name,
+                )
 
     async def _sync_listeners(self) -> None:
         specs = self.holder.current.listeners
@@ -138,6 +169,8 @@ class Node:
             left = await self.connections.drain(grace)
             if left:
                 logger.warning("closed {} connection(s) still busy after the grace period", left)
+        if hasattr(self, "_ramps"):
+            self._ramps.cancel()
         if hasattr(self, "pools"):
             self.pools.close_all()
         if self.serve_admin and hasattr(self, "admin"):

@@ -81,7 +81,11 @@ class UpstreamTls(Strict):
 class Backend(Strict):
     name: Name
     url: str
-    weight: int = Field(default=1, ge=0, le=256)
+    weight: int = Field(default=1, ge=0, le=256)  # 0: no new requests
+    backup: bool = False  # used only while no primary backend is available
+    max_connections: int = Field(default=0, ge=0)  # in-flight requests; 0: no cap
+    slow_start: Duration = 0.0  # ramp the weight from 10% over this long after joining
+    state: Literal["active", "draining", "maintenance"] = "active"
 
     @field_validator("url")
     @classmethod
@@ -90,12 +94,47 @@ class Backend(Strict):
         return value
 
 
+Algorithm = Literal["round_robin", "least_conn", "ip_hash", "random", "p2c"]
+COOKIE_NAME = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"  # an RFC 6265 token
+
+
+class StickyConfig(Strict):
+    """Session affinity: a signed cookie naming the backend, or a request header's value."""
+
+    cookie: str | None = Field(default=None, pattern=COOKIE_NAME)
+    header: str | None = Field(default=None, pattern=COOKIE_NAME)
+    ttl: Duration = 3600.0
+    # The HMAC key for cookies; every node of a cluster needs the same one. Unset: the
+    # LOADWEAVER_STICKY_SECRET environment variable, else a random key per process.
+    secret: str | None = Field(
+        default_factory=lambda: os.environ.get("LOADWEAVER_STICKY_SECRET"), min_length=16
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "StickyConfig":
+        if (self.cookie is None) == (self.header is None):
+            raise ValueError("sticky needs exactly one of cookie: NAME or header: NAME")
+        if self.ttl <= 0:
+            raise ValueError("sticky.ttl must be more than 0")
+        return self
+
+
 class Pool(Strict):
-    algorithm: Literal["round_robin"] = "round_robin"
+    algorithm: Algorithm = "round_robin"
+    sticky: StickyConfig | None = None
     timeouts: PoolTimeouts = PoolTimeouts()
     connection_pool: ConnectionPoolConfig = ConnectionPoolConfig()
     tls: UpstreamTls = UpstreamTls()
     backends: list[Backend] = []
+
+    @model_validator(mode="after")
+    def _sticky_fits_algorithm(self) -> "Pool":
+        if self.sticky is not None and self.algorithm == "ip_hash":
+            raise ValueError(
+                "sticky: ip_hash already pins each client address to a backend; "
+                "use sticky with round_robin, least_conn, random or p2c"
+            )
+        return self
 
     @field_validator("backends")
     @classmethod

@@ -1,9 +1,13 @@
 """Turns a validated Config into a Snapshot, reusing connection pools that did not change."""
 
+from dataclasses import dataclass, field
+
 from loadweaver.balancing.base import Backend
 from loadweaver.balancing.registry import create_strategy
+from loadweaver.balancing.sticky import MemorySessionTable, SessionTable, StickyPolicy
 from loadweaver.config.addresses import parse_bind, parse_upstream_url
-from loadweaver.config.models import Config, Listener, Pool, Route
+from loadweaver.config.models import Config, Listener, Pool, Route, StickyConfig
+from loadweaver.control.loads import LoadRegistry
 from loadweaver.control.snapshot import ListenerSpec, PoolRuntime, RequestLimits, Snapshot
 from loadweaver.pool.manager import PoolManager
 from loadweaver.pool.pool import PoolSettings
@@ -12,9 +16,19 @@ from loadweaver.routing.table import CompiledRoute, RouteTable
 from loadweaver.security.trusted import TrustedProxies
 
 
-def compile_snapshot(config: Config, version: int, pools: PoolManager) -> Snapshot:
+@dataclass
+class CompileResources:
+    """What outlives a snapshot: connections, backend loads, session tables, the sticky key."""
+
+    pools: PoolManager
+    loads: LoadRegistry
+    fallback_secret: bytes  # signs sticky cookies when a pool has no secret of its own
+    sessions: dict[str, SessionTable] = field(default_factory=dict)
+
+
+def compile_snapshot(config: Config, version: int, resources: CompileResources) -> Snapshot:
     """Raises TlsConfigError when a certificate or CA file cannot be loaded."""
-    runtimes = {name: _compile_pool(name, pool, pools) for name, pool in config.pools.items()}
+    runtimes = {name: _compile_pool(name, pool, resources) for name, pool in config.pools.items()}
     limits = config.limits
     return Snapshot(
         version=version,
@@ -55,7 +69,7 @@ def _sweep_interval(config: Config) -> float:
     return min(max(min(positive, default=2.0) / 4, 0.01), 0.5)
 
 
-def _compile_pool(name: str, pool: Pool, manager: PoolManager) -> PoolRuntime:
+def _compile_pool(name: str, pool: Pool, resources: CompileResources) -> PoolRuntime:
     ssl_context = None
     backends = []
     for backend in pool.backends:
@@ -71,15 +85,45 @@ def _compile_pool(name: str, pool: Pool, manager: PoolManager) -> PoolRuntime:
             ssl_context=ssl_context if address.tls else None,
             server_hostname=(pool.tls.server_name or address.host) if address.tls else None,
         )
-        connections = manager.get(name, backend.name, address, settings)
-        backends.append(Backend(backend.name, name, address, backend.weight, connections))
+        backends.append(
+            Backend(
+                name=backend.name,
+                pool_name=name,
+                address=address,
+                weight=backend.weight,
+                connections=resources.pools.get(name, backend.name, address, settings),
+                load=resources.loads.get(name, backend.name, address),
+                backup=backend.backup,
+                max_connections=backend.max_connections,
+                slow_start=backend.slow_start,
+                state=backend.state,
+            )
+        )
+    sticky = _sticky_policy(name, pool.sticky, resources) if pool.sticky else None
+    sessions = _session_table(name, pool.sticky, resources) if pool.sticky else None
+    strategy = create_strategy(pool.algorithm, backends, sticky, sessions)
     return PoolRuntime(
         name=name,
-        strategy=create_strategy(pool.algorithm, backends),
+        strategy=strategy,
         backends=tuple(backends),
         response_timeout=pool.timeouts.response,
         total_timeout=pool.timeouts.total,
+        sticky=sticky,
+        load_aware=strategy.load_aware,
     )
+
+
+def _sticky_policy(pool: str, sticky: StickyConfig, resources: CompileResources) -> StickyPolicy:
+    secret = sticky.secret.encode() if sticky.secret else resources.fallback_secret
+    return StickyPolicy(pool, sticky.ttl, secret, cookie=sticky.cookie, header=sticky.header)
+
+
+def _session_table(pool: str, sticky: StickyConfig, resources: CompileResources) -> SessionTable:
+    """Header sessions outlive snapshots: a reload must not re-pin every session."""
+    table = resources.sessions.get(pool)
+    if table is None:
+        table = resources.sessions[pool] = MemorySessionTable(sticky.ttl)
+    return table
 
 
 def _compile_route(order: int, route: Route) -> CompiledRoute:

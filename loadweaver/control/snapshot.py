@@ -4,6 +4,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from loadweaver.balancing.base import Backend, Strategy
+from loadweaver.balancing.sticky import StickyPolicy
 from loadweaver.config.addresses import BindAddress
 from loadweaver.config.models import Config
 from loadweaver.proxy.tls import CertificateSet
@@ -18,6 +19,8 @@ class PoolRuntime:
     backends: tuple[Backend, ...]
     response_timeout: float
     total_timeout: float
+    sticky: StickyPolicy | None  # cookie or header affinity; None for plain pools
+    load_aware: bool  # the strategy wants on_acquire/on_release around each request
 
 
 @dataclass(frozen=True, slots=True)

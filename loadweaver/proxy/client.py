@@ -107,6 +107,7 @@ class ClientConnection(asyncio.Protocol):
         "trailers",
         "transport",
         "trusted",
+        "trusted_proxies",
         "tunnel",
         "upgrading",
         "url",
@@ -122,6 +123,7 @@ class ClientConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.client_ip = ""
         self.trusted = False
+        self.trusted_proxies = context.holder.current.trusted_proxies
         self.parser = httptools.HttpRequestParser(self)
         self.queue: list[Item] = []  # at most PIPELINE_DEPTH + 1 long: a list is enough
         self.parsing: Item | None = None
@@ -158,6 +160,7 @@ class ClientConnection(asyncio.Protocol):
         self.client_ip = peer[0] if peer else "unknown"
         self.pick_context = PickContext(self.client_ip)
         snapshot = self.context.holder.current
+        self.trusted_proxies = snapshot.trusted_proxies
         self.trusted = snapshot.trusted_proxies.trusts(self.client_ip)
         self.deadline = self.loop.time() + self.listener.request_header_timeout
         self.context.connections.add(self)

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 import httptools
 from loguru import logger
 
-from loadweaver.balancing.base import Backend, NoBackend
+from loadweaver.balancing.base import Backend, NoBackend, PickContext, Strategy
+from loadweaver.balancing.sticky import StickyPolicy
 from loadweaver.control.snapshot import PoolRuntime, Snapshot
 from loadweaver.pool.connection import UpstreamConnection
 from loadweaver.pool.pool import UpstreamConnectError
@@ -73,6 +74,7 @@ class Exchange:
         "response_special",
         "response_started",
         "retried",
+        "set_cookie",
         "special",
         "status",
         "target",
@@ -138,6 +140,7 @@ class Exchange:
         self.upstream_until_close = False  # the backend's body ends when it closes the connection
         self.informational = False
         self.keep_client = True
+        self.set_cookie: bytes | None = None  # a sticky pool's Set-Cookie line for the response
         self.upstream_keep_alive = False
         self.tunnel_data: list[bytes] | None = None
         self.trailers: list[Header] | None = None
@@ -233,16 +236,61 @@ class Exchange:
             self.total_deadline = now + pool.total_timeout
         # Until a connection is attached, this bounds the wait for a free slot in the pool.
         self.deadline = now + pool.response_timeout
-        picked = pool.strategy.pick(self.client.pick_context)
+        client = self.client
+        if pool.sticky is None and not (client.trusted and self._forwarded_for_present()):
+            picked = pool.strategy.pick(
+                client.pick_context
+            )  # the common case: no per-request state
+        else:
+            picked = self._pick_with_request_context(pool.strategy, pool.sticky)
         if isinstance(picked, NoBackend):
             self.fail(replies.no_backend(picked.reason))
             return
         self.backend = picked
+        picked.load.in_flight += 1
+        if pool.load_aware:
+            pool.strategy.on_acquire(picked)
         connection = picked.connections.take_idle()
         if connection is not None:
             self._attach(connection)
         else:
             self.client.loop.create_task(self._connect(picked, fresh=False))
+
+    def _forwarded_for_present(self) -> bool:
+        return any(name == b"x-forwarded-for" for name, _ in self.special)
+
+    def _pick_with_request_context(
+        self, strategy: Strategy, sticky: StickyPolicy | None
+    ) -> Backend | NoBackend:
+        """A per-request context: the real client behind trusted proxies, and the session.
+
+        Pipelined requests get one each, so they cannot see each other's session.
+        """
+        client = self.client
+        forwarded_for = [value for name, value in self.special if name == b"x-forwarded-for"]
+        client_ip = client.trusted_proxies.real_client(client.client_ip, forwarded_for)
+        session = sticky.session_of(self.headers) if sticky is not None else None
+        ctx = PickContext(client_ip, session)
+        picked = strategy.pick(ctx)
+        if ctx.new_session is not None and sticky is not None and sticky.cookie:
+            self.set_cookie = sticky.set_cookie_line(ctx.new_session, client.tls)
+        return picked
+
+    def _finish(self) -> None:
+        """The exchange is over, whichever way it ended: its backend no longer carries it."""
+        self.finished = True
+        backend, self.backend = self.backend, None
+        if backend is None:
+            return
+        backend.load.in_flight -= 1
+        pool = self.pool
+        if pool is not None and pool.load_aware:
+            # After a config swap the pool's current strategy must learn of the release too,
+            # or it would think the backend busier than it is.
+            current = self.client.context.holder.current.pools.get(pool.name)
+            if current is not None and current.load_aware:
+                pool = current
+            pool.strategy.on_release(backend)
 
     async def _connect(self, backend: Backend, fresh: bool) -> None:
         try:
@@ -442,6 +490,8 @@ class Exchange:
             self.response_framing = CLOSE
             keep_alive = False
         self.keep_client = keep_alive
+        if self.set_cookie is not None:
+            extra += self.set_cookie
         if not keep_alive:
             extra += b"Connection: close\r\n"
         elif not self.http11:
@@ -458,7 +508,7 @@ class Exchange:
         """The whole response reached the client's transport."""
         if self.finished:
             return
-        self.finished = True
+        self._finish()
         connection, self.upstream = self.upstream, None
         if connection is not None:
             if self.client.write_paused and connection.transport is not None:
@@ -489,7 +539,7 @@ class Exchange:
             else:
                 self.client.metrics.upstream_errors.labels("reset_during_response").inc()
                 logger.warning("backend {} closed the connection mid-response", self.backend)
-                self.finished = True
+                self._finish()
                 self.client.abort()
             return
         if (
@@ -527,7 +577,7 @@ class Exchange:
             self.upstream.abort()
             self.upstream = None
         if self.response_started:
-            self.finished = True
+            self._finish()
             self.client.abort()
         else:
             self.fail(
@@ -557,7 +607,7 @@ class Exchange:
             self.upstream.abort()
             self.upstream = None
         if self.response_started:
-            self.finished = True
+            self._finish()
             self.client.abort()
         else:
             self.fail(reply)
@@ -566,7 +616,7 @@ class Exchange:
         """Ends the exchange with a local reply; the client connection closes when unsafe."""
         if self.finished:
             return
-        self.finished = True
+        self._finish()
         if self.upstream is not None:
             self.upstream.handler = None
             self.upstream.abort()
@@ -595,7 +645,7 @@ class Exchange:
         """The client went away: drop the upstream side unless it finished cleanly."""
         if self.finished:
             return
-        self.finished = True
+        self._finish()
         if self.upstream is not None:
             self.upstream.handler = None
             self.upstream.abort()
@@ -624,7 +674,7 @@ class Exchange:
         if self.status != 101 or not self.upgrade or connection is None:
             self._invalid_response("101 Switching Protocols without an upgrade request")
             return
-        self.finished = True
+        self._finish()
         self.upstream = None
         self.client.start_tunnel(connection, first_bytes, self.tunnel_data)
 

@@ -15,7 +15,8 @@ import time
 import uvloop
 
 from loadweaver.config.loader import build_config
-from loadweaver.control.compiler import compile_snapshot
+from loadweaver.control.compiler import CompileResources, compile_snapshot
+from loadweaver.control.loads import LoadRegistry
 from loadweaver.control.snapshot import SnapshotHolder
 from loadweaver.observability.metrics import Metrics
 from loadweaver.pool.connection import UpstreamConnection
@@ -59,8 +60,8 @@ async def measure(requests: int) -> tuple[float, bytes, bytes]:
         },
         "hot_path",
     )
-    pools = PoolManager(loop)
-    holder = SnapshotHolder(compile_snapshot(config, 1, pools))
+    resources = CompileResources(PoolManager(loop), LoadRegistry(loop.time), b"hot-path-secret")
+    holder = SnapshotHolder(compile_snapshot(config, 1, resources))
     context = ProxyContext(loop, holder, Metrics(), ConnectionRegistry(loop, holder))
     backend = holder.current.pools["app"].backends[0]
     upstream = UpstreamConnection(backend.connections)

@@ -190,12 +190,12 @@ def test_config_error_text_names_the_source_and_counts_problems() -> None:
         (
             pool_with(backendz=[]),
             "pools.app.backendz",
-            "algorithm, backends, connection_pool, timeouts, tls",
+            "algorithm, backends, connection_pool, sticky, timeouts, tls",
         ),
         (
             pool_with({"name": "a", "url": "http://x:1", "wieght": 2}),
             "pools.app.backends.0.wieght",
-            "name, url, weight",
+            "backup, max_connections, name, slow_start, state, url, weight",
         ),
         (
             pool_with(tls={"verfy": False}),

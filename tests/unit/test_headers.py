@@ -7,6 +7,7 @@ from loadweaver.proxy.headers import (
     render_headers,
     status_line,
 )
+from loadweaver.security.trusted import TrustedProxies
 
 
 def test_connection_tokens_are_lowercased_and_protect_framing_headers() -> None:
@@ -36,3 +37,12 @@ def test_render_headers() -> None:
 def test_status_line_uses_standard_phrases() -> None:
     assert status_line(200) == b"HTTP/1.1 200 OK\r\n"
     assert status_line(299) == b"HTTP/1.1 299 Unknown\r\n"
+
+
+def test_real_client_is_the_rightmost_untrusted_forwarded_address() -> None:
+    trusted = TrustedProxies(["10.0.0.0/8"])
+    chain = [b"203.0.113.9, 198.51.100.7", b"10.0.0.2"]
+    assert trusted.real_client("10.0.0.1", chain) == "198.51.100.7"
+    assert trusted.real_client("192.0.2.5", chain) == "192.0.2.5"  # untrusted peer
+    assert trusted.real_client("10.0.0.1", []) == "10.0.0.1"
+    assert trusted.real_client("10.0.0.1", [b"10.0.0.3, 10.0.0.2"]) == "10.0.0.3"

@@ -1,96 +1,137 @@
-"""One conformance suite for every balancing Strategy, plus round robin's own promises."""
+"""One conformance suite for every balancing Strategy in the registry, wrapped or not."""
 
-import asyncio
 from collections import Counter
 from collections.abc import Sequence
 
 import pytest
 
 from loadweaver.balancing import Backend, NoBackend, PickContext, Strategy, create_strategy
+from loadweaver.balancing.base import NO_BACKENDS, NONE_AVAILABLE
 from loadweaver.balancing.registry import STRATEGIES
-from loadweaver.config.addresses import parse_upstream_url
-from loadweaver.pool.pool import PoolSettings, UpstreamPool
+from loadweaver.balancing.sticky import StickyPolicy
+from tests.support.balancing import make_backend, make_backends
 
 ALGORITHMS = sorted(STRATEGIES)
-CLIENT = PickContext("192.0.2.10")
+SECRET = b"conformance-secret-0123456789"
 
 
-def backends(*weights: int) -> list[Backend]:
-    loop = asyncio.new_event_loop()
-    made = []
-    for index, weight in enumerate(weights):
-        address = parse_upstream_url(f"http://127.0.0.1:{9000 + index}")
-        pool = UpstreamPool(address, PoolSettings(), loop)
-        made.append(Backend(f"b{index}", "app", address, weight, pool))
-    loop.close()
-    return made
+def build(algorithm: str, backends: Sequence[Backend], sticky: bool) -> Strategy:
+    policy = StickyPolicy("app", 3600, SECRET, cookie="lw") if sticky else None
+    return create_strategy(algorithm, backends, policy)
+
+
+@pytest.fixture(params=[False, True], ids=["plain", "sticky"])
+def sticky(request: pytest.FixtureRequest) -> bool:
+    return bool(request.param)
 
 
 def picks(strategy: Strategy, count: int, avoid: Sequence[Backend] = ()) -> list[Backend]:
     chosen = []
-    for _ in range(count):
-        backend = strategy.pick(CLIENT, avoid)
-        assert isinstance(backend, Backend)
+    for index in range(count):
+        backend = strategy.pick(PickContext(f"192.0.2.{index % 250}"), avoid)
+        assert isinstance(backend, Backend), backend
         chosen.append(backend)
     return chosen
 
 
-@pytest.mark.parametrize("algorithm", ALGORITHMS)
-def test_every_pick_is_one_of_the_pool(algorithm: str) -> None:
-    pool = backends(1, 1, 1)
-    strategy = create_strategy(algorithm, pool)
-    assert set(picks(strategy, 30)) <= set(pool)
+def run_requests(strategy: Strategy, backends: Sequence[Backend], count: int) -> Counter[str]:
+    """Picks with the data plane's bookkeeping around each request."""
+    seen: Counter[str] = Counter()
+    for index in range(count):
+        backend = strategy.pick(PickContext(f"198.51.100.{index % 250}"))
+        assert isinstance(backend, Backend)
+        backend.load.in_flight += 1
+        if strategy.load_aware:
+            strategy.on_acquire(backend)
+        backend.load.in_flight -= 1
+        if strategy.load_aware:
+            strategy.on_release(backend)
+        seen[backend.name] += 1
+    assert all(backend.load.in_flight == 0 for backend in backends)
+    return seen
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
-def test_empty_pool_says_no_backends_configured(algorithm: str) -> None:
-    picked = create_strategy(algorithm, []).pick(CLIENT)
-    assert picked == NoBackend("no backends configured")
+def test_every_pick_is_one_of_the_pool(algorithm: str, sticky: bool) -> None:
+    pool = make_backends(1, 1, 1)
+    assert set(picks(build(algorithm, pool, sticky), 60)) <= set(pool)
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
-def test_all_weight_zero_means_no_available_backend(algorithm: str) -> None:
-    picked = create_strategy(algorithm, backends(0, 0)).pick(CLIENT)
-    assert picked == NoBackend("no available backend")
+def test_every_backend_gets_traffic(algorithm: str, sticky: bool) -> None:
+    pool = make_backends(1, 1, 1)
+    assert set(run_requests(build(algorithm, pool, sticky), pool, 600)) == {"b0", "b1", "b2"}
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
-def test_weight_zero_backends_get_no_requests(algorithm: str) -> None:
-    pool = backends(1, 0, 1)
-    assert pool[1] not in picks(create_strategy(algorithm, pool), 30)
+def test_empty_pool_says_no_backends_configured(algorithm: str, sticky: bool) -> None:
+    assert build(algorithm, [], sticky).pick(PickContext("192.0.2.1")) == NO_BACKENDS
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
-def test_avoided_backends_are_skipped(algorithm: str) -> None:
-    pool = backends(1, 1, 1)
-    strategy = create_strategy(algorithm, pool)
-    assert pool[0] not in picks(strategy, 30, avoid=[pool[0]])
+def test_all_weight_zero_means_no_available_backend(algorithm: str, sticky: bool) -> None:
+    picked = build(algorithm, make_backends(0, 0), sticky).pick(PickContext("192.0.2.1"))
+    assert picked == NONE_AVAILABLE
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
-def test_avoiding_everything_gives_no_backend(algorithm: str) -> None:
-    pool = backends(1, 1)
-    assert isinstance(create_strategy(algorithm, pool).pick(CLIENT, pool), NoBackend)
+@pytest.mark.parametrize(
+    "unavailable",
+    [
+        {"weight": 0},
+        {"state": "draining"},
+        {"state": "maintenance"},
+        {"max_connections": 1, "busy": True},
+        {"unhealthy": True},
+    ],
+    ids=["weight-0", "draining", "maintenance", "at-connection-cap", "unhealthy"],
+)
+def test_unavailable_backends_get_no_new_requests(
+    algorithm: str, sticky: bool, unavailable: dict[str, object]
+) -> None:
+    options = dict(unavailable)
+    busy = bool(options.pop("busy", False))
+    unhealthy = bool(options.pop("unhealthy", False))
+    odd = make_backend(1, **options)  # type: ignore[arg-type]
+    if busy:
+        odd.load.in_flight = 1
+    if unhealthy:
+        odd.load.healthy = False
+    pool = [make_backend(0), odd, make_backend(2)]
+    assert odd not in picks(build(algorithm, pool, sticky), 60)
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
-def test_hosts_changed_takes_effect(algorithm: str) -> None:
-    first, second = backends(1), backends(1)
-    strategy = create_strategy(algorithm, first)
+def test_avoided_backends_are_skipped(algorithm: str, sticky: bool) -> None:
+    pool = make_backends(1, 1, 1)
+    assert pool[0] not in picks(build(algorithm, pool, sticky), 60, avoid=[pool[0]])
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_avoiding_everything_gives_no_available_backend(algorithm: str, sticky: bool) -> None:
+    pool = make_backends(1, 1)
+    assert build(algorithm, pool, sticky).pick(PickContext("192.0.2.1"), pool) == NONE_AVAILABLE
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_hosts_changed_takes_effect(algorithm: str, sticky: bool) -> None:
+    first, second = make_backends(1), [make_backend(5), make_backend(6)]
+    strategy = build(algorithm, first, sticky)
     strategy.on_hosts_changed(second)
-    assert set(picks(strategy, 10)) == set(second)
+    assert set(picks(strategy, 60)) <= set(second)
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
-def test_acquire_and_release_are_accepted(algorithm: str) -> None:
-    pool = backends(1, 1)
-    strategy = create_strategy(algorithm, pool)
-    for backend in picks(strategy, 10):
-        strategy.on_acquire(backend)
-        strategy.on_release(backend)
+def test_no_backend_is_a_reason(algorithm: str, sticky: bool) -> None:
+    picked = build(algorithm, [], sticky).pick(PickContext("192.0.2.1"))
+    assert isinstance(picked, NoBackend)
+    assert picked.reason
 
 
-def test_round_robin_cycles_evenly() -> None:
-    pool = backends(1, 1, 1)
-    counts = Counter(picks(create_strategy("round_robin", pool), 300))
-    assert [counts[backend] for backend in pool] == [100, 100, 100]
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_backups_only_serve_when_no_primary_can(algorithm: str, sticky: bool) -> None:
+    primary, backup = make_backend(0), make_backend(1, backup=True)
+    strategy = build(algorithm, [primary, backup], sticky)
+    assert set(picks(strategy, 30)) == {primary}
+    primary.load.healthy = False
+    assert set(picks(strategy, 30)) == {backup}

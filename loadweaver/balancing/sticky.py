@@ -1,0 +1,199 @@
+"""Session affinity on top of any strategy: a signed cookie, or a session table keyed by a header.
+
+Cookie mode: the first response sets a cookie carrying the backend's name, an expiry and an
+HMAC-SHA256 over both (keyed by the pool's secret), so any node holding the secret can honour it
+and nobody can forge one. A tampered, expired or foreign cookie counts as no cookie. A cookie
+naming a backend that is gone, in maintenance or unhealthy is re-picked, and a new cookie is set.
+
+Header mode: the request header's value is a session key; a SessionTable maps it to a backend
+name with a sliding TTL. The table is an interface so the cluster store can back it later.
+"""
+
+import base64
+import hashlib
+import hmac
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Collection, Sequence
+from typing import Protocol
+
+from loadweaver.balancing.base import Backend, NoBackend, PickContext, Strategy
+
+SIGNATURE_BYTES = 16
+MAX_SESSIONS = 100_000  # per pool and node; the least recently used are forgotten first
+
+
+class SessionTable(Protocol):
+    """Session key -> backend name, with a sliding time to live."""
+
+    def get(self, key: str) -> str | None: ...
+    def put(self, key: str, backend: str) -> None: ...
+
+
+class MemorySessionTable:
+    """A bounded LRU table in this process; expired entries read as absent."""
+
+    def __init__(
+        self, ttl: float, limit: int = MAX_SESSIONS, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._ttl = ttl
+        self._limit = limit
+        self._clock = clock
+        self._entries: OrderedDict[str, tuple[str, float]] = OrderedDict()
+
+    def get(self, key: str) -> str | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        backend, expires = entry
+        now = self._clock()
+        if now >= expires:
+            del self._entries[key]
+            return None
+        self._entries[key] = (backend, now + self._ttl)
+        self._entries.move_to_end(key)
+        return backend
+
+    def put(self, key: str, backend: str) -> None:
+        self._entries[key] = (backend, self._clock() + self._ttl)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._limit:
+            self._entries.popitem(last=False)
+
+
+class CookieSigner:
+    """Encodes `backend.expiry.signature` cookie values and checks them."""
+
+    def __init__(self, secret: bytes, pool: str, clock: Callable[[], float] = time.time) -> None:
+        self._key = hashlib.sha256(secret + b"\0" + pool.encode()).digest()
+        self._clock = clock
+
+    def sign(self, backend: str, ttl: float) -> str:
+        name = _b64(backend.encode())
+        expiry = str(int(self._clock() + ttl))
+        return f"{name}.{expiry}.{self._signature(name, expiry)}"
+
+    def verify(self, value: str) -> tuple[str, float] | None:
+        """The backend a cookie names and seconds it has left; None if forged or expired."""
+        parts = value.split(".")
+        if len(parts) != 3:
+            return None
+        name, expiry, signature = parts
+        if not expiry.isdigit():
+            return None
+        remaining = int(expiry) - self._clock()
+        if remaining <= 0 or not hmac.compare_digest(signature, self._signature(name, expiry)):
+            return None
+        try:
+            return base64.urlsafe_b64decode(name + "=" * (-len(name) % 4)).decode(), remaining
+        except (ValueError, UnicodeDecodeError):
+            return None
+
+    def _signature(self, name: str, expiry: str) -> str:
+        mac = hmac.new(self._key, f"{name}.{expiry}".encode(), hashlib.sha256)
+        return _b64(mac.digest()[:SIGNATURE_BYTES])
+
+
+class StickyPolicy:
+    """What the data plane needs: read the session from a request, render the Set-Cookie line."""
+
+    def __init__(
+        self,
+        pool: str,
+        ttl: float,
+        secret: bytes,
+        cookie: str | None = None,
+        header: str | None = None,
+    ) -> None:
+        self.pool = pool
+        self.ttl = ttl
+        self.cookie = cookie
+        self.header = header
+        self.signer = CookieSigner(secret, pool)
+        self._cookie_prefix = f"{cookie}=".encode() if cookie else b""
+        self._header = header.lower().encode() if header else b""
+
+    def session_of(self, headers: Sequence[tuple[bytes, bytes]]) -> str | None:
+        """The request's cookie value (cookie mode) or header value (header mode)."""
+        if self._header:
+            for name, value in headers:
+                if name.lower() == self._header:
+                    return value.decode("latin-1").strip() or None
+            return None
+        for name, value in headers:
+            if name.lower() == b"cookie":
+                found = self._cookie_in(value)
+                if found is not None:
+                    return found
+        return None
+
+    def _cookie_in(self, header: bytes) -> str | None:
+        prefix = self._cookie_prefix
+        for raw in header.split(b";"):
+            pair = raw.strip()
+            if pair.startswith(prefix):
+                return pair[len(prefix) :].decode("latin-1")
+        return None
+
+    def set_cookie_line(self, value: str, secure: bool) -> bytes:
+        """A complete `Set-Cookie:` header line for a response."""
+        attributes = f"; Max-Age={int(self.ttl)}; Path=/; HttpOnly; SameSite=Lax"
+        if secure:
+            attributes += "; Secure"
+        return f"Set-Cookie: {self.cookie}={value}{attributes}\r\n".encode("latin-1")
+
+
+class Sticky:
+    """Wraps a strategy: requests of a known session go to its backend while it can serve."""
+
+    def __init__(
+        self, inner: Strategy, policy: StickyPolicy, sessions: SessionTable | None = None
+    ) -> None:
+        self.inner = inner
+        self.policy = policy
+        self.sessions = sessions if sessions is not None else MemorySessionTable(policy.ttl)
+        self.load_aware = inner.load_aware
+        self._by_name: dict[str, Backend] = {}
+
+    def pick(self, ctx: PickContext, avoid: Collection[Backend] = ()) -> Backend | NoBackend:
+        pinned, remaining = self._pinned(ctx.session)
+        if pinned is not None and pinned.serves_sessions and pinned not in avoid:
+            if remaining < self.policy.ttl / 2:
+                self._remember(ctx, pinned)  # slide the cookie's expiry for an active session
+            return pinned
+        picked = self.inner.pick(ctx, avoid)
+        if isinstance(picked, Backend):
+            self._remember(ctx, picked)
+        return picked
+
+    def _pinned(self, session: str | None) -> tuple[Backend | None, float]:
+        """The session's backend and, for cookies, the seconds its cookie has left."""
+        if session is None:
+            return None, 0.0
+        if not self.policy.cookie:
+            name = self.sessions.get(session)
+            return (self._by_name.get(name) if name is not None else None), self.policy.ttl
+        verified = self.policy.signer.verify(session)
+        if verified is None:
+            return None, 0.0
+        return self._by_name.get(verified[0]), verified[1]
+
+    def _remember(self, ctx: PickContext, backend: Backend) -> None:
+        if self.policy.cookie:
+            ctx.new_session = self.policy.signer.sign(backend.name, self.policy.ttl)
+        elif ctx.session is not None:
+            self.sessions.put(ctx.session, backend.name)
+
+    def on_hosts_changed(self, backends: Sequence[Backend]) -> None:
+        self._by_name = {backend.name: backend for backend in backends}
+        self.inner.on_hosts_changed(backends)
+
+    def on_acquire(self, backend: Backend) -> None:
+        self.inner.on_acquire(backend)
+
+    def on_release(self, backend: Backend) -> None:
+        self.inner.on_release(backend)
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
