@@ -8,6 +8,16 @@ from loadweaver.config.addresses import parse_upstream_url
 from loadweaver.pool.pool import PoolSettings, UpstreamPool
 
 
+class FakeClock:
+    """A clock a test moves by hand: `clock.now += 5`."""
+
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def make_backend(
     index: int,
     weight: int = 1,

@@ -9,17 +9,9 @@ from hypothesis import strategies as st
 
 from loadweaver.balancing.base import Backend, NoBackend, PickContext
 from loadweaver.balancing.least_conn import COMPACT_FACTOR, LeastConn
-from tests.support.balancing import make_backend, make_backends, names
+from tests.support.balancing import FakeClock, make_backend, make_backends, names
 
 CLIENT = PickContext("192.0.2.10")
-
-
-class FakeClock:
-    def __init__(self, now: float = 0.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def start(strategy: LeastConn, avoid: Collection[Backend] = ()) -> Backend:

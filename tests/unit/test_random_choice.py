@@ -11,18 +11,10 @@ from hypothesis import strategies as st
 
 from loadweaver.balancing.base import Backend, NoBackend, PickContext
 from loadweaver.balancing.random_choice import PowerOfTwo, RandomChoice
-from tests.support.balancing import make_backend, make_backends
+from tests.support.balancing import FakeClock, make_backend, make_backends
 
 CLIENT = PickContext("192.0.2.10")
 KINDS = [RandomChoice, PowerOfTwo]
-
-
-class FakeClock:
-    def __init__(self, now: float = 0.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def seeded(
