@@ -38,6 +38,5 @@ def create_strategy(
     else:
         strategy = make(backends)
     if sticky is not None:
-        strategy = Sticky(strategy, sticky, sessions)
-        strategy.on_hosts_changed(backends)
+        strategy = Sticky(strategy, sticky, sessions, backends)
     return strategy

@@ -147,13 +147,18 @@ class Sticky:
     """Wraps a strategy: requests of a known session go to its backend while it can serve."""
 
     def __init__(
-        self, inner: Strategy, policy: StickyPolicy, sessions: SessionTable | None = None
+        self,
+        inner: Strategy,
+        policy: StickyPolicy,
+        sessions: SessionTable | None = None,
+        backends: Sequence[Backend] = (),
     ) -> None:
+        """`backends` are the inner strategy's; sessions pinned to them are honoured at once."""
         self.inner = inner
         self.policy = policy
         self.sessions = sessions if sessions is not None else MemorySessionTable(policy.ttl)
         self.load_aware = inner.load_aware
-        self._by_name: dict[str, Backend] = {}
+        self._by_name = {backend.name: backend for backend in backends}
 
     def pick(self, ctx: PickContext, avoid: Collection[Backend] = ()) -> Backend | NoBackend:
         pinned, remaining = self._pinned(ctx.session)
