@@ -43,7 +43,6 @@ class Node:
         self.ready = False
         self.listeners: dict[str, Listener] = {}
         self._version = 0
-        self._stopped = asyncio.Event()
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -66,8 +65,8 @@ class Node:
                 self.listeners[spec.name] = listener
             if self.serve_admin:
                 await self._start_admin()
-        except NodeStartError:
-            await self.stop(grace=0)
+        except (NodeStartError, ListenError):
+            await self.stop(grace=0)  # release whatever did bind before re-raising
             raise
         self.connections.start()
         self._ramps = loop.create_task(refresh_ramping_pools(self.holder, loop.time))
@@ -175,7 +174,6 @@ class Node:
             self.pools.close_all()
         if self.serve_admin and hasattr(self, "admin"):
             await self.admin.stop()
-        self._stopped.set()
 
     async def run(self) -> None:
         """Starts, then serves until SIGTERM or SIGINT; SIGHUP reloads the config file."""

@@ -20,11 +20,12 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import resource
 import socket
 import sys
 from typing import Any
+
+from proctree import process_tree  # a sibling module: scripts run from this folder
 
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 
@@ -41,36 +42,13 @@ def _vm_rss_kib(pid: int) -> int | None:
     return 0  # kernel thread / zombie: no VmRSS line
 
 
-def _process_tree(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as fh:
-                stat = fh.read()
-        except OSError:
-            continue
-        # field 4 (ppid) comes after the ")" that closes the command name
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if len(fields) >= 2:
-            children.setdefault(int(fields[1]), []).append(int(entry))
-    tree: list[int] = []
-    todo = [root]
-    while todo and len(tree) < 10_000:
-        pid = todo.pop()
-        tree.append(pid)
-        todo.extend(children.get(pid, []))
-    return tree
-
-
 def sample_rss(pid: int) -> dict[str, Any]:
     """RSS (KiB) of PID itself and of PID plus all descendants."""
     own = _vm_rss_kib(pid)
     if own is None:
         raise ProcessLookupError(f"process {pid} is gone")
     total = 0
-    pids = _process_tree(pid)
+    pids = process_tree(pid)
     for p in pids:
         total += _vm_rss_kib(p) or 0
     return {"pid_kib": own, "tree_kib": total, "tree_pids": len(pids)}
