@@ -11,7 +11,7 @@ from loguru import logger
 
 from loadweaver.admin.server import AdminServer
 from loadweaver.config.addresses import parse_bind
-from loadweaver.config.loader import ConfigError, load_config
+from loadweaver.config.loader import ConfigError, load_config, sticky_secret_from_environment
 from loadweaver.config.models import Config
 from loadweaver.control.compiler import CompileResources, compile_snapshot
 from loadweaver.control.editor import BackendEditor
@@ -43,16 +43,25 @@ class Node:
         self.ready = False
         self.listeners: dict[str, Listener] = {}
         self._version = 0
+        self._apply_lock = asyncio.Lock()
+        self._random_sticky_key = True
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self.pools = PoolManager(loop)
+        try:
+            node_secret = sticky_secret_from_environment()
+        except ConfigError as error:
+            raise NodeStartError(str(error)) from None
+        self._random_sticky_key = node_secret is None
         self.resources = CompileResources(
-            pools=self.pools, loads=LoadRegistry(loop.time), fallback_secret=os.urandom(32)
+            pools=self.pools,
+            loads=LoadRegistry(loop.time),
+            fallback_secret=node_secret.encode() if node_secret else os.urandom(32),
         )
         self._warn_about_sticky_secrets(self.config)
         self.holder = SnapshotHolder(self._compile(self.config))
-        self.editor = BackendEditor(lambda: self.config, self.apply)
+        self.editor = BackendEditor(lambda: self.config, self._apply_locked, self._apply_lock)
         self.connections = ConnectionRegistry(loop, self.holder)
         self.context = ProxyContext(loop, self.holder, self.metrics, self.connections)
         self.admin = AdminServer(
@@ -114,7 +123,12 @@ class Node:
 
         Requests in flight keep the snapshot they started with. Pools and backends that did
         not change keep their pooled connections and load; removed ones close when idle.
+        Changes are serialised: one that waits for listeners cannot interleave with another.
         """
+        async with self._apply_lock:
+            return await self._apply_locked(config)
+
+    async def _apply_locked(self, config: Config) -> Snapshot:
         self._warn_about_sticky_secrets(config)
         snapshot = self._compile(config)
         self.config = config
@@ -128,6 +142,8 @@ class Node:
         return snapshot
 
     def _warn_about_sticky_secrets(self, config: Config) -> None:
+        if not self._random_sticky_key:
+            return
         for name, pool in config.pools.items():
             if pool.sticky is not None and pool.sticky.cookie and not pool.sticky.secret:
                 logger.warning(

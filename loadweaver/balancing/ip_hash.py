@@ -107,6 +107,8 @@ class IpHash:
         ring, by_rank, mask = self._ring, self._by_rank, self._mask
         size = len(ring)
         refused = {ring[start] & mask}
+        if len(refused) == len(by_rank):
+            return NONE_AVAILABLE  # a single backend, and it cannot take the request
         for step in range(1, size):
             rank = ring[(start + step) % size] & mask
             if rank in refused:

@@ -20,6 +20,7 @@ from typing import Protocol
 from loadweaver.balancing.base import Backend, NoBackend, PickContext, Strategy
 
 SIGNATURE_BYTES = 16
+MAX_EXPIRY_DIGITS = 12  # seconds since the epoch, with room to spare
 MAX_SESSIONS = 100_000  # per pool and node; the least recently used are forgotten first
 
 
@@ -36,7 +37,7 @@ class MemorySessionTable:
     def __init__(
         self, ttl: float, limit: int = MAX_SESSIONS, clock: Callable[[], float] = time.monotonic
     ) -> None:
-        self._ttl = ttl
+        self.ttl = ttl
         self._limit = limit
         self._clock = clock
         self._entries: OrderedDict[str, tuple[str, float]] = OrderedDict()
@@ -50,12 +51,12 @@ class MemorySessionTable:
         if now >= expires:
             del self._entries[key]
             return None
-        self._entries[key] = (backend, now + self._ttl)
+        self._entries[key] = (backend, now + self.ttl)
         self._entries.move_to_end(key)
         return backend
 
     def put(self, key: str, backend: str) -> None:
-        self._entries[key] = (backend, self._clock() + self._ttl)
+        self._entries[key] = (backend, self._clock() + self.ttl)
         self._entries.move_to_end(key)
         while len(self._entries) > self._limit:
             self._entries.popitem(last=False)
@@ -79,10 +80,12 @@ class CookieSigner:
         if len(parts) != 3:
             return None
         name, expiry, signature = parts
-        if not expiry.isdigit():
+        # isdigit() also accepts digits like "²" that int() refuses; a cookie is untrusted text.
+        if not (expiry.isascii() and expiry.isdigit()) or len(expiry) > MAX_EXPIRY_DIGITS:
             return None
         remaining = int(expiry) - self._clock()
-        if remaining <= 0 or not hmac.compare_digest(signature, self._signature(name, expiry)):
+        expected = self._signature(name, expiry).encode()
+        if remaining <= 0 or not hmac.compare_digest(signature.encode("latin-1"), expected):
             return None
         try:
             return base64.urlsafe_b64decode(name + "=" * (-len(name) % 4)).decode(), remaining
@@ -163,8 +166,9 @@ class Sticky:
     def pick(self, ctx: PickContext, avoid: Collection[Backend] = ()) -> Backend | NoBackend:
         pinned, remaining = self._pinned(ctx.session)
         if pinned is not None and pinned.serves_sessions and pinned not in avoid:
-            if remaining < self.policy.ttl / 2:
-                self._remember(ctx, pinned)  # slide the cookie's expiry for an active session
+            if remaining < self.policy.ttl / 2 and pinned.state == "active":
+                # Slide an active session's cookie; a draining backend's sessions run out.
+                self._remember(ctx, pinned)
             return pinned
         picked = self.inner.pick(ctx, avoid)
         if isinstance(picked, Backend):

@@ -10,12 +10,14 @@ from pathlib import Path
 from typing import Any, get_args, get_origin
 
 import yaml
+from dotenv import dotenv_values
 from pydantic import BaseModel, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from loadweaver.config.models import Config
 
 ENV_PREFIX = "LOADWEAVER_"
+MIN_SECRET_LENGTH = 16
 
 
 class ConfigError(Exception):
@@ -182,3 +184,21 @@ def _deep_merge(base: dict[str, Any], layer: Mapping[str, Any]) -> dict[str, Any
         else:
             merged[key] = value
     return merged
+
+
+STICKY_SECRET_VARIABLE = f"{ENV_PREFIX}STICKY_SECRET"
+
+
+def sticky_secret_from_environment(
+    environ: Mapping[str, str] | None = None, dotenv: str | Path = ".env"
+) -> str | None:
+    """The node-wide sticky cookie key: the environment first, then the `.env` file."""
+    environ = os.environ if environ is None else environ
+    secret = environ.get(STICKY_SECRET_VARIABLE)
+    if secret is None and Path(dotenv).is_file():
+        secret = dotenv_values(dotenv).get(STICKY_SECRET_VARIABLE)
+    if secret is not None and len(secret) < MIN_SECRET_LENGTH:
+        raise ConfigError(
+            STICKY_SECRET_VARIABLE, [f"the key must be at least {MIN_SECRET_LENGTH} characters"]
+        )
+    return secret

@@ -104,18 +104,16 @@ class StickyConfig(Strict):
     cookie: str | None = Field(default=None, pattern=COOKIE_NAME)
     header: str | None = Field(default=None, pattern=COOKIE_NAME)
     ttl: Duration = 3600.0
-    # The HMAC key for cookies; every node of a cluster needs the same one. Unset: the
-    # LOADWEAVER_STICKY_SECRET environment variable, else a random key per process.
-    secret: str | None = Field(
-        default_factory=lambda: os.environ.get("LOADWEAVER_STICKY_SECRET"), min_length=16
-    )
+    # The HMAC key for cookies; every node of a cluster needs the same one. Unset: the node's
+    # LOADWEAVER_STICKY_SECRET (environment or .env), else a random key per process.
+    secret: str | None = Field(default=None, min_length=16)
 
     @model_validator(mode="after")
     def _one_source(self) -> "StickyConfig":
         if (self.cookie is None) == (self.header is None):
             raise ValueError("sticky needs exactly one of cookie: NAME or header: NAME")
-        if self.ttl <= 0:
-            raise ValueError("sticky.ttl must be more than 0")
+        if self.ttl < 1:
+            raise ValueError("sticky.ttl must be at least 1s (cookies count Max-Age in seconds)")
         return self
 
 

@@ -23,7 +23,7 @@ class CompileResources:
     pools: PoolManager
     loads: LoadRegistry
     fallback_secret: bytes  # signs sticky cookies when a pool has no secret of its own
-    sessions: dict[str, SessionTable] = field(default_factory=dict)
+    sessions: dict[str, MemorySessionTable] = field(default_factory=dict)
 
 
 def compile_snapshot(config: Config, version: int, resources: CompileResources) -> Snapshot:
@@ -123,6 +123,7 @@ def _session_table(pool: str, sticky: StickyConfig, resources: CompileResources)
     table = resources.sessions.get(pool)
     if table is None:
         table = resources.sessions[pool] = MemorySessionTable(sticky.ttl)
+    table.ttl = sticky.ttl  # a changed ttl applies to the sessions kept
     return table
 
 

@@ -231,6 +231,11 @@ class Exchange:
     def start(self) -> None:
         pool = self.pool
         assert pool is not None
+        # A pipelined request starts after the one before it: pick from the pool as it is now,
+        # not as it was when its headers arrived, or it could pick a backend removed since.
+        current = self.client.context.holder.current.pools.get(pool.name)
+        if current is not None and current is not pool:
+            pool = self.pool = current
         now = self.client.loop.time()
         if pool.total_timeout:
             self.total_deadline = now + pool.total_timeout
