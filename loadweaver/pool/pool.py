@@ -92,6 +92,10 @@ class UpstreamPool:
             if handed is not None:
                 handed.requests += 1
                 return handed
+            if self._closed:
+                # Queued before the backend was removed: the request is in flight and may
+                # finish, on a connection of its own that closes when released.
+                return await self._open()
 
     def release(self, connection: UpstreamConnection, reusable: bool) -> None:
         """Returns a connection after an exchange; a reusable one may go straight to a waiter."""
