@@ -1,9 +1,9 @@
 """Backends for strategy unit tests: real Backend objects with their own load counters."""
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
-from loadweaver.balancing.base import Backend, BackendLoad, BackendState
+from loadweaver.balancing.base import Backend, BackendLoad, BackendState, PickContext, Strategy
 from loadweaver.config.addresses import parse_upstream_url
 from loadweaver.pool.pool import PoolSettings, UpstreamPool
 
@@ -53,3 +53,19 @@ def make_backends(*weights: int) -> list[Backend]:
 
 def names(backends: Sequence[Backend]) -> list[str]:
     return [backend.name for backend in backends]
+
+
+def picks(
+    strategy: Strategy,
+    count: int,
+    avoid: Collection[Backend] = (),
+    ctx: PickContext | None = None,
+) -> list[Backend]:
+    """`count` picks for one client; each must find a backend."""
+    ctx = ctx if ctx is not None else PickContext("192.0.2.10")
+    chosen = []
+    for _ in range(count):
+        backend = strategy.pick(ctx, avoid)
+        assert isinstance(backend, Backend), backend
+        chosen.append(backend)
+    return chosen

@@ -3,7 +3,7 @@
 import random
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import pytest
 from hypothesis import given, settings
@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from loadweaver.balancing.base import Backend, NoBackend, PickContext
 from loadweaver.balancing.random_choice import PowerOfTwo, RandomChoice
-from tests.support.balancing import FakeClock, make_backend, make_backends
+from tests.support.balancing import FakeClock, make_backend, make_backends, picks
 
 CLIENT = PickContext("192.0.2.10")
 KINDS = [RandomChoice, PowerOfTwo]
@@ -23,15 +23,6 @@ def seeded(
     clock: Callable[[], float] = time.monotonic,
 ) -> RandomChoice:
     return kind(pool, clock, rng=random.Random(1234))
-
-
-def picks(strategy: RandomChoice, count: int, avoid: Collection[Backend] = ()) -> list[Backend]:
-    chosen = []
-    for _ in range(count):
-        backend = strategy.pick(CLIENT, avoid)
-        assert isinstance(backend, Backend)
-        chosen.append(backend)
-    return chosen
 
 
 def shares(pool: Sequence[Backend], chosen: Sequence[Backend]) -> list[float]:

@@ -2,25 +2,16 @@
 
 import dataclasses
 from collections import Counter
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from loadweaver.balancing.base import Backend, NoBackend, PickContext
 from loadweaver.balancing.round_robin import RoundRobin
-from tests.support.balancing import FakeClock, make_backend, make_backends, names
+from tests.support.balancing import FakeClock, make_backend, make_backends, names, picks
 
 CLIENT = PickContext("192.0.2.10")
-
-
-def picks(strategy: RoundRobin, count: int, avoid: Collection[Backend] = ()) -> list[Backend]:
-    chosen = []
-    for _ in range(count):
-        backend = strategy.pick(CLIENT, avoid)
-        assert isinstance(backend, Backend)
-        chosen.append(backend)
-    return chosen
 
 
 def counts(pool: Sequence[Backend], chosen: Sequence[Backend]) -> list[int]:
