@@ -577,17 +577,7 @@ class Exchange:
     def _invalid_response(self, detail: str) -> None:
         self.client.metrics.upstream_errors.labels("invalid_response").inc()
         logger.warning("backend {} sent an invalid response: {}", self.backend, detail)
-        if self.upstream is not None:
-            self.upstream.handler = None
-            self.upstream.abort()
-            self.upstream = None
-        if self.response_started:
-            self._finish()
-            self.client.abort()
-        else:
-            self.fail(
-                replies.bad_gateway("invalid_response", "The backend sent an invalid response.")
-            )
+        self.fail(replies.bad_gateway("invalid_response", "The backend sent an invalid response."))
 
     def check_deadline(self, now: float) -> None:
         if self.finished:
@@ -595,39 +585,25 @@ class Exchange:
         if self.total_deadline and now >= self.total_deadline:
             self.client.metrics.timeouts.labels("total").inc()
             logger.warning("request to {} exceeded its total time", self.backend)
-            self._time_out(replies.TOTAL_TIMEOUT)
+            self.fail(replies.TOTAL_TIMEOUT)
         elif self.deadline and now >= self.deadline and not self.response_started:
             if self.upstream is None:
                 self.client.metrics.timeouts.labels("queue").inc()
                 logger.warning("no connection to {} became free in time", self.backend)
-                self._time_out(replies.QUEUE_TIMEOUT)
+                self.fail(replies.QUEUE_TIMEOUT)
                 return
             self.client.metrics.timeouts.labels("response").inc()
             logger.warning("backend {} did not answer in time", self.backend)
-            self._time_out(replies.UPSTREAM_TIMEOUT)
-
-    def _time_out(self, reply: LocalReply) -> None:
-        if self.upstream is not None:
-            self.upstream.handler = None
-            self.upstream.abort()
-            self.upstream = None
-        if self.response_started:
-            self._finish()
-            self.client.abort()
-        else:
-            self.fail(reply)
+            self.fail(replies.UPSTREAM_TIMEOUT)
 
     def fail(self, reply: LocalReply) -> None:
         """Ends the exchange with a local reply; the client connection closes when unsafe."""
         if self.finished:
             return
         self._finish()
-        if self.upstream is not None:
-            self.upstream.handler = None
-            self.upstream.abort()
-            self.upstream = None
+        self._drop_upstream()
         if self.response_started:
-            self.client.abort()
+            self.client.abort()  # the status line is gone: cutting the connection is the signal
             return
         client = self.client
         client.metrics.local_replies.labels(reply.status, reply.reason).inc()
@@ -651,10 +627,14 @@ class Exchange:
         if self.finished:
             return
         self._finish()
-        if self.upstream is not None:
-            self.upstream.handler = None
-            self.upstream.abort()
-            self.upstream = None
+        self._drop_upstream()
+
+    def _drop_upstream(self) -> None:
+        """Aborts the upstream connection mid-exchange: it cannot be reused."""
+        connection, self.upstream = self.upstream, None
+        if connection is not None:
+            connection.handler = None
+            connection.abort()
 
     # ---- flow control ----
 
