@@ -17,19 +17,15 @@ import os
 import sys
 import time
 
-from proctree import process_tree  # a sibling module: scripts run from this folder
+from proctree import process_tree, stat_fields  # a sibling module: scripts run from this folder
 
 
 def _proc_ticks(root: int) -> int:
     total = 0
     for pid in process_tree(root):
-        try:
-            with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
-                stat = fh.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2 :].split()
-        total += int(fields[11]) + int(fields[12])  # utime + stime
+        fields = stat_fields(pid)
+        if fields is not None:
+            total += int(fields[11]) + int(fields[12])  # utime + stime
     return total
 
 

@@ -7,20 +7,25 @@ import os
 MAX_PROCESSES = 10_000
 
 
+def stat_fields(pid: int) -> list[str] | None:
+    """/proc/PID/stat after the command name: [state, ppid, ...]; None once the pid is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            stat = fh.read()
+    except OSError:
+        return None
+    # The command name may contain spaces and parentheses: the fields start after the last ")".
+    return stat[stat.rfind(")") + 2 :].split()
+
+
 def process_tree(root: int) -> list[int]:
     """`root` and all its descendants that are alive now."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as fh:
-                stat = fh.read()
-        except OSError:
-            continue
-        # field 4 (ppid) comes after the ")" that closes the command name
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if len(fields) >= 2:
+        fields = stat_fields(int(entry))
+        if fields is not None and len(fields) >= 2:
             children.setdefault(int(fields[1]), []).append(int(entry))
     tree: list[int] = []
     todo = [root]
