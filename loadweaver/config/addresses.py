@@ -29,6 +29,10 @@ class UpstreamAddress:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"
 
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://{self.authority}"
+
 
 def parse_bind(value: str) -> BindAddress:
     """`127.0.0.1:8080`, `[::1]:8080`, `0.0.0.0:80` or `localhost:8080`."""

@@ -6,15 +6,23 @@ beside it, a `.env` file in the working directory, then the process environment.
 
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args, get_origin
 
 import yaml
 from dotenv import dotenv_values
 from pydantic import BaseModel, ValidationError
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from loadweaver.config.models import Config
+from loadweaver.config.sources import DOTENV, ENVIRONMENT, value_sources
 
 ENV_PREFIX = "LOADWEAVER_"
 MIN_SECRET_LENGTH = 16
@@ -72,17 +80,46 @@ class _OwnKeysOnly(PydanticBaseSettingsSource):
         return {key: value for key, value in self._inner().items() if key in fields}
 
 
+@dataclass(frozen=True)
+class LoadedConfig:
+    config: Config
+    sources: dict[str, str]  # dotted path -> the file or variable layer it came from
+
+
 def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
     """The validated config in `path` with overlays applied; raises ConfigError on any problem."""
+    return load_config_layers(path, environ).config
+
+
+def load_config_layers(path: str | Path, environ: Mapping[str, str] | None = None) -> LoadedConfig:
+    """As load_config, and which layer each value came from."""
     environ = os.environ if environ is None else environ
     source = Path(path)
     data = _read_yaml(source)
+    layers: list[tuple[str, Mapping[str, Any]]] = [(str(source), data)]
+    layer_path = environment_layer_path(source, environ)
+    if layer_path is not None and layer_path.exists():
+        layer = _read_yaml(layer_path)
+        layers.append((str(layer_path), layer))
+        data = _deep_merge(data, layer)
+    config = build_config(data, str(source))
+    layers += _variable_layers()
+    return LoadedConfig(config, value_sources(layers))
+
+
+def environment_layer_path(path: Path, environ: Mapping[str, str]) -> Path | None:
+    """`config.production.yaml` beside `config.yaml` when LOADWEAVER_ENV=production."""
     environment_name = environ.get(f"{ENV_PREFIX}ENV")
-    if environment_name:
-        layer = source.with_name(f"{source.stem}.{environment_name}{source.suffix}")
-        if layer.exists():
-            data = _deep_merge(data, _read_yaml(layer))
-    return build_config(data, str(source))
+    if not environment_name:
+        return None
+    return path.with_name(f"{path.stem}.{environment_name}{path.suffix}")
+
+
+def _variable_layers() -> list[tuple[str, Mapping[str, Any]]]:
+    """The values `.env` and the process environment contribute, as build_config reads them."""
+    dotenv = _OwnKeysOnly(_EnvironmentOverlay, DotEnvSettingsSource(_EnvironmentOverlay))()
+    environment = EnvSettingsSource(_EnvironmentOverlay)()
+    return [(DOTENV, dotenv), (ENVIRONMENT, environment)]
 
 
 def load_default_config() -> Config:
@@ -98,8 +135,17 @@ def load_default_config() -> Config:
 
 
 def build_config(data: Mapping[str, Any], source: str) -> Config:
+    """`data` with the environment (and `.env`) layered over it, validated."""
     try:
         return _EnvironmentOverlay(**data)
+    except ValidationError as error:
+        raise ConfigError(source, describe_validation_error(error)) from None
+
+
+def validate_config(data: Mapping[str, Any], source: str) -> Config:
+    """`data` validated as it is: for configs whose environment layer was applied already."""
+    try:
+        return Config.model_validate(data)
     except ValidationError as error:
         raise ConfigError(source, describe_validation_error(error)) from None
 

@@ -8,7 +8,7 @@ import os
 import socket
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from loadweaver.config.addresses import parse_bind, parse_upstream_url
 from loadweaver.config.units import ByteSize, Duration
@@ -26,8 +26,9 @@ def _default_node_id() -> str:
 
 class NodeConfig(Strict):
     id: Name = Field(default_factory=_default_node_id)
-    state_dir: str | None = None
+    state_dir: str | None = None  # where API changes persist; unset: kept in memory only
     shutdown_grace: Duration = 30.0
+    watch_config: bool = True  # reload when the config file changes
 
 
 class ClientTimeouts(Strict):
@@ -178,9 +179,15 @@ class Route(Strict):
     priority: int = 0
 
 
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
 class AdminConfig(Strict):
     bind: str = "127.0.0.1:9090"
     enabled: bool = True
+    # The bearer token: the first line of `token_file` when set, else this environment variable.
+    token_env: str = Field(default="LOADWEAVER_ADMIN_TOKEN", pattern=ENV_NAME)
+    token_file: str | None = None
 
     @field_validator("bind")
     @classmethod
@@ -212,14 +219,55 @@ class SecurityConfig(Strict):
         return values
 
 
-class LoggingConfig(Strict):
-    level: Literal["trace", "debug", "info", "warning", "error", "critical"] = "info"
-    format: Literal["text", "json"] = "text"
+LogLevel = Literal["trace", "debug", "info", "warning", "error", "critical"]
+LogFormat = Literal["text", "json"]
 
-    @field_validator("level", mode="before")
-    @classmethod
-    def _lowercase(cls, value: object) -> object:
-        return value.lower() if isinstance(value, str) else value
+
+def _lowercase(value: object) -> object:
+    return value.lower() if isinstance(value, str) else value
+
+
+class LogSink(Strict):
+    """Where log lines go: stderr, or a file rotated by size or age and pruned by age or count."""
+
+    type: Literal["stderr", "file"] = "stderr"
+    path: str | None = None
+    rotation_size: ByteSize | None = None  # start a new file past this size
+    rotation_interval: Duration | None = None  # ... or after this long
+    retention_age: Duration | None = None  # delete rotated files older than this
+    retention_count: int | None = Field(default=None, ge=1)  # ... or keep only this many
+    level: Annotated[LogLevel | None, BeforeValidator(_lowercase)] = None  # default: logging.level
+    format: LogFormat | None = None  # default: logging.format
+
+    @model_validator(mode="after")
+    def _file_options(self) -> "LogSink":
+        if self.type == "file" and not self.path:
+            raise ValueError("a file sink needs path: /var/log/loadweaver/node.log")
+        file_only = [
+            self.path,
+            self.rotation_size,
+            self.rotation_interval,
+            self.retention_age,
+            self.retention_count,
+        ]
+        if self.type == "stderr" and any(option is not None for option in file_only):
+            raise ValueError("path, rotation_* and retention_* apply only to type: file")
+        if self.retention_age is not None and self.retention_count is not None:
+            raise ValueError("set retention_age or retention_count, not both")
+        return self
+
+
+class AccessLogConfig(Strict):
+    enabled: bool = False
+    format: Literal["json", "clf"] = "json"
+    path: str | None = None  # unset: the sinks above
+
+
+class LoggingConfig(Strict):
+    level: Annotated[LogLevel, BeforeValidator(_lowercase)] = "info"
+    format: LogFormat = "text"
+    sinks: list[LogSink] = Field(default_factory=lambda: [LogSink()], min_length=1)
+    access_log: AccessLogConfig = AccessLogConfig()
 
 
 class ClusterConfig(Strict):

@@ -1,11 +1,13 @@
-"""loguru setup: level and text/JSON format from config, with stdlib logging routed into it."""
+"""loguru setup from config: level, text/JSON format and sinks, with stdlib logging routed in."""
 
 import logging
 import sys
+from datetime import timedelta
+from typing import Any
 
 from loguru import logger
 
-from loadweaver.config.models import LoggingConfig
+from loadweaver.config.models import LoggingConfig, LogSink
 
 TEXT_FORMAT = "{time:YYYY-MM-DD HH:mm:ss.SSS} | {level: <7} | {extra[node]} | {message}"
 
@@ -21,12 +23,54 @@ class _InterceptHandler(logging.Handler):
         logger.opt(exception=record.exc_info).log(level, "{}: {}", record.name, record.getMessage())
 
 
+class LoggingSetupError(Exception):
+    """A sink could not be opened, such as a log file in a directory that does not exist."""
+
+
 def configure_logging(settings: LoggingConfig, node_id: str) -> None:
+    """Replaces every sink; raises LoggingSetupError, leaving stderr logging in place."""
     logger.remove()
     logger.configure(extra={"node": node_id})
-    level = settings.level.upper()
-    if settings.format == "json":
-        logger.add(sys.stderr, level=level, serialize=True)
-    else:
-        logger.add(sys.stderr, level=level, format=TEXT_FORMAT)
+    try:
+        for sink in settings.sinks:
+            _add_sink(sink, settings)
+    except (OSError, ValueError) as error:
+        logger.remove()
+        logger.add(sys.stderr, level=settings.level.upper(), format=TEXT_FORMAT)
+        raise LoggingSetupError(f"logging.sinks: cannot open a log sink: {error}") from None
     logging.basicConfig(handlers=[_InterceptHandler()], level=logging.WARNING, force=True)
+
+
+def _add_sink(sink: LogSink, settings: LoggingConfig) -> None:
+    level = (sink.level or settings.level).upper()
+    serialize = (sink.format or settings.format) == "json"
+    format_options: dict[str, Any] = {"serialize": True} if serialize else {"format": TEXT_FORMAT}
+    if sink.type == "stderr":
+        logger.add(sys.stderr, level=level, **format_options)
+        return
+    assert sink.path is not None  # the model requires a path for file sinks
+    logger.add(
+        sink.path,
+        level=level,
+        rotation=_rotation(sink),
+        retention=_retention(sink),
+        enqueue=False,
+        encoding="utf-8",
+        **format_options,
+    )
+
+
+def _rotation(sink: LogSink) -> int | timedelta | None:
+    if sink.rotation_size is not None:
+        return sink.rotation_size
+    if sink.rotation_interval is not None:
+        return timedelta(seconds=sink.rotation_interval)
+    return None
+
+
+def _retention(sink: LogSink) -> int | timedelta | None:
+    if sink.retention_count is not None:
+        return sink.retention_count
+    if sink.retention_age is not None:
+        return timedelta(seconds=sink.retention_age)
+    return None

@@ -186,7 +186,7 @@ async def assert_refused(
     with pytest.raises(EditError) as caught:
         await change
     assert caught.value.status == status, caught.value.message
-    assert text in caught.value.message
+    assert text in str(caught.value)
     assert node.config is config
     assert node.holder.current.version == version
 
