@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from loadweaver.config.addresses import UpstreamAddress
+from loadweaver.observability.backend_stats import BackendStats
 
 if TYPE_CHECKING:
     from loadweaver.pool.pool import UpstreamPool
@@ -22,12 +23,13 @@ SLOW_START_FLOOR = 0.1  # a ramping backend starts at this fraction of its weigh
 class BackendLoad:
     """Mutable counters of one backend, shared by every snapshot that contains it."""
 
-    __slots__ = ("healthy", "in_flight", "joined_at")
+    __slots__ = ("healthy", "in_flight", "joined_at", "stats")
 
     def __init__(self, joined_at: float) -> None:
         self.in_flight = 0
         self.joined_at = joined_at
         self.healthy = True
+        self.stats = BackendStats()
 
 
 @dataclass(frozen=True, slots=True, eq=False)

@@ -75,3 +75,8 @@ class Metrics:
             ["result"],
             registry=self.registry,
         )
+        self.config_reload_failures = Counter(
+            "loadweaver_config_reload_failures",
+            "Config reloads refused because the new config was invalid or could not be applied.",
+            registry=self.registry,
+        )

@@ -76,6 +76,7 @@ class Exchange:
         "retried",
         "set_cookie",
         "special",
+        "started",
         "status",
         "target",
         "total_deadline",
@@ -133,6 +134,7 @@ class Exchange:
         self.finished = False
         self.deadline = 0.0
         self.total_deadline = 0.0
+        self.started = 0.0
         self.status = 0
         self.response_started = False
         self.response_framing = NONE
@@ -236,7 +238,7 @@ class Exchange:
         current = self.client.context.holder.current.pools.get(pool.name)
         if current is not None and current is not pool:
             pool = self.pool = current
-        now = self.client.loop.time()
+        now = self.started = self.client.loop.time()
         if pool.total_timeout:
             self.total_deadline = now + pool.total_timeout
         # Until a connection is attached, this bounds the wait for a free slot in the pool.
@@ -281,13 +283,15 @@ class Exchange:
             self.set_cookie = sticky.set_cookie_line(ctx.new_session, client.tls)
         return picked
 
-    def _finish(self) -> None:
+    def _finish(self, failed: bool = False) -> None:
         """The exchange is over, whichever way it ended: its backend no longer carries it."""
         self.finished = True
         backend, self.backend = self.backend, None
         if backend is None:
             return
-        backend.load.in_flight -= 1
+        load = backend.load
+        load.in_flight -= 1
+        load.stats.record(self.client.loop.time() - self.started, failed)
         pool = self.pool
         if pool is not None and pool.load_aware:
             # After a config swap the pool's current strategy must learn of the release too,
@@ -513,7 +517,7 @@ class Exchange:
         """The whole response reached the client's transport."""
         if self.finished:
             return
-        self._finish()
+        self._finish(self.status >= 500)
         connection, self.upstream = self.upstream, None
         if connection is not None:
             if self.client.write_paused and connection.transport is not None:
@@ -544,7 +548,7 @@ class Exchange:
             else:
                 self.client.metrics.upstream_errors.labels("reset_during_response").inc()
                 logger.warning("backend {} closed the connection mid-response", self.backend)
-                self._finish()
+                self._finish(failed=True)
                 self.client.abort()
             return
         if (
@@ -600,7 +604,7 @@ class Exchange:
         """Ends the exchange with a local reply; the client connection closes when unsafe."""
         if self.finished:
             return
-        self._finish()
+        self._finish(reply.status >= 500)
         self._drop_upstream()
         if self.response_started:
             self.client.abort()  # the status line is gone: cutting the connection is the signal

@@ -1,0 +1,178 @@
+"""The admin API's request and response bodies. The OpenAPI document is generated from these."""
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from loadweaver.config.models import Backend, Name, Pool, Route
+from loadweaver.config.units import Duration
+
+BackendState = Literal["active", "draining", "maintenance"]
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ErrorDetail(Body):
+    status: int
+    message: str
+    problems: list[str] = []
+
+
+class ErrorBody(Body):
+    error: ErrorDetail
+
+
+class BackendPatch(Body):
+    """The fields of a backend that may change in place; at least one."""
+
+    weight: int | None = Field(default=None, ge=0, le=256)
+    state: BackendState | None = None
+    backup: bool | None = None
+    max_connections: int | None = Field(default=None, ge=0)
+    slow_start: Duration | None = None
+
+    @model_validator(mode="after")
+    def _something_to_change(self) -> "BackendPatch":
+        if not self.model_fields_set:
+            raise ValueError(
+                "nothing to change: send one or more of weight, state, backup, "
+                "max_connections, slow_start"
+            )
+        return self
+
+
+class NewBackend(Backend):
+    """A backend as in YAML: name and url, and optionally weight, backup and the rest."""
+
+
+class BackendView(Body):
+    pool: str
+    name: str
+    url: str
+    weight: int
+    backup: bool
+    max_connections: int
+    slow_start: float
+    state: BackendState
+    healthy: bool
+    in_flight: int
+    source: str  # "api" or the config file that defined it
+
+
+class BackendList(Body):
+    backends: list[BackendView]
+
+
+class PoolSummary(Body):
+    name: str
+    algorithm: str
+    sticky: bool
+    backends: int
+    available: int
+    source: str
+
+
+class PoolList(Body):
+    pools: list[PoolSummary]
+
+
+class PoolDetail(Body):
+    name: str
+    source: str
+    settings: dict[str, Any]  # the pool as configured, without its backends; secrets redacted
+    backends: list[BackendView]
+
+
+class RouteList(Body):
+    routes: list[Route]
+
+
+class DynamicConfig(Body):
+    """The part of the config the API may replace: every pool and every route."""
+
+    pools: dict[Name, Pool]
+    routes: list[Route]
+
+
+class ConfigView(Body):
+    version: int
+    config: dict[str, Any]  # the effective config, every key present; secrets redacted
+    sources: dict[str, str]  # dotted path -> where it came from; absent paths are defaults
+
+
+class ValidationResult(Body):
+    valid: bool
+    version: int  # the version the config would replace
+    summary: str
+
+
+class ReloadResult(Body):
+    reloaded: bool
+    version: int
+
+
+class ClusterNode(Body):
+    id: str
+    admin: str
+    ready: bool
+    leader: bool
+    config_version: int
+    uptime_seconds: float
+
+
+class ClusterStatus(Body):
+    nodes: list[ClusterNode]
+    leader: str
+    config_version: int
+    store: str
+
+
+class Latency(Body):
+    p50: float | None
+    p95: float | None
+    p99: float | None
+
+
+class BackendStatsView(Body):
+    name: str
+    url: str
+    weight: int
+    state: BackendState
+    backup: bool
+    healthy: bool
+    in_flight: int
+    requests: int
+    errors: int
+    requests_per_second: float
+    error_rate: float
+    latency_ms: Latency
+
+
+class PoolStatsView(Body):
+    name: str
+    algorithm: str
+    backends: list[BackendStatsView]
+
+
+class Totals(Body):
+    requests: int
+    requests_per_second: float
+    errors: int
+    error_rate: float
+    client_connections: int
+
+
+class StatsNode(Body):
+    id: str
+    config_version: int
+    uptime_seconds: float
+    leader: bool
+
+
+class StatsDocument(Body):
+    node: StatsNode
+    time: float
+    totals: Totals
+    pools: list[PoolStatsView]
