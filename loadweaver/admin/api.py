@@ -259,7 +259,7 @@ class AdminApi:
                 document = json.dumps(self.stats_document().model_dump(mode="json"))
                 await response.write(f"event: stats\ndata: {document}\n\n".encode())
                 await _wait(self._closing, STREAM_INTERVAL)
-        except (ConnectionResetError, asyncio.CancelledError):
+        except ConnectionResetError:
             pass  # the viewer went away
         return response
 

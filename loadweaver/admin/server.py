@@ -19,6 +19,11 @@ from loadweaver.admin.view import NodeView
 from loadweaver.config.addresses import BindAddress
 
 Middleware = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# The page is self-contained and talks only to this node: nothing else may load or run.
+STATUS_PAGE_POLICY = (
+    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+    "connect-src 'self'; form-action 'none'; frame-ancestors 'none'; base-uri 'none'"
+)
 SHUTDOWN_SECONDS = 2.0  # the longest a client of the admin API delays a node's stop
 
 
@@ -98,7 +103,12 @@ class AdminServer:
             body=self._page,
             content_type="text/html",
             charset="utf-8",
-            headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"},
+            headers={
+                "Cache-Control": "no-cache",
+                "X-Content-Type-Options": "nosniff",
+                "Content-Security-Policy": STATUS_PAGE_POLICY,
+                "Referrer-Policy": "no-referrer",
+            },
         )
 
     async def _healthz(self, _: web.Request) -> web.Response:
