@@ -182,15 +182,36 @@ class Node:
         return snapshot
 
     def start_watching(self) -> None:
-        """Reloads whenever the config file, or its LOADWEAVER_ENV layer, changes."""
-        if self.config_path is None:
-            return
-        paths = [self.config_path]
-        layer = environment_layer_path(self.config_path, os.environ)
-        if layer is not None:
-            paths.append(layer)
+        """Reloads whenever the config file, or its LOADWEAVER_ENV layer, changes.
+
+        A worker without the admin API also follows the store's file, where the admin worker
+        records API changes: that is how `--workers N` processes share them.
+        """
         loop = asyncio.get_running_loop()
-        self._tasks.append(loop.create_task(watch_config_files(paths, self.reload)))
+        if self.config_path is not None:
+            paths = [self.config_path]
+            layer = environment_layer_path(self.config_path, os.environ)
+            if layer is not None:
+                paths.append(layer)
+            self._tasks.append(loop.create_task(watch_config_files(paths, self.reload)))
+        state_file = self.store.watch_path
+        if not self.serve_admin and state_file is not None:
+            self._tasks.append(
+                loop.create_task(watch_config_files([state_file], self.follow_store))
+            )
+
+    async def follow_store(self) -> None:
+        """Applies the API changes another process recorded in the store."""
+        async with self._apply_lock:
+            try:
+                stored = await self.store.load()
+                if stored.pools == self.stored.pools and stored.routes == self.stored.routes:
+                    return
+                await self._apply_locked(self.file_config, stored, self.file_sources)
+            except (StoreError, ConfigError, NodeStartError) as error:
+                logger.error("cannot apply the API changes recorded in the store: {}", error)
+                return
+        logger.info("applied API changes from {}", self.store.description)
 
     async def reload(self) -> bool:
         """Re-reads the config file; an invalid one keeps the running config. True on success."""
@@ -257,8 +278,13 @@ class Node:
         return snapshot
 
     async def _save_stored(self, version: int, starting: bool = False) -> None:
-        """Persists the overrides and version; raises StoreError once the change is live."""
+        """Persists the overrides and version; raises StoreError once the change is live.
+
+        Only the process serving the admin API writes: with --workers N the others follow it.
+        """
         self.stored = replace(self.composition.stored, version=version)
+        if not self.serve_admin:
+            return
         try:
             await self.store.save(self.stored)
         except StoreError as error:

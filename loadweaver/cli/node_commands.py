@@ -34,6 +34,12 @@ def start(path: Path | None, redis_url: str | None, workers: int) -> int:
         logger.warning("the Redis cluster store is not available yet; this node runs on its own")
     if workers == 1:
         return _serve(loaded, path, reuse_port=False, serve_admin=True)
+    if not config.node.state_dir:
+        logger.warning(
+            "--workers {} without node.state_dir: API changes reach only the worker that serves "
+            "the admin API; set node.state_dir so every worker follows them",
+            workers,
+        )
     return run_workers(
         workers, lambda index: _serve(loaded, path, reuse_port=True, serve_admin=index == 0)
     )

@@ -29,6 +29,10 @@ class MemoryConfigStore:
             return "memory (not persisted: set node.state_dir to keep API changes)"
         return f"memory (state file {self.path})"
 
+    @property
+    def watch_path(self) -> Path | None:
+        return self.path
+
     async def load(self) -> StoredConfig:
         if self.path is not None:
             self._state = await asyncio.to_thread(self._read, self.path)

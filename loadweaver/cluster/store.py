@@ -1,5 +1,6 @@
 """The interface every config store implements: the in-memory one now, Redis in a cluster."""
 
+from pathlib import Path
 from typing import Protocol
 
 from loadweaver.cluster.state import StoredConfig
@@ -18,6 +19,11 @@ class ConfigStore(Protocol):
     @property
     def kind(self) -> str:
         """`memory` or `redis`."""
+        ...
+
+    @property
+    def watch_path(self) -> Path | None:
+        """A file whose changes mean another process changed the record; None: no such file."""
         ...
 
     async def load(self) -> StoredConfig:

@@ -23,9 +23,7 @@ async def watch_config_files(
     wanted = {path.resolve() for path in paths}
     directories = sorted({path.parent for path in wanted})
     seen = _digest(wanted)
-    async for changes in awatch(
-        *directories, debounce=MAX_WAIT_MS, step=QUIET_MS, recursive=False
-    ):
+    async for changes in awatch(*directories, debounce=MAX_WAIT_MS, step=QUIET_MS, recursive=False):
         if not any(Path(path).resolve() in wanted for _, path in changes):
             continue
         current = _digest(wanted)

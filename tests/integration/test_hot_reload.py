@@ -14,7 +14,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import StartBackend, StartNode
-from tests.support.backend import Backend
+from tests.support.backend import Backend, fixed_reply, response
 from tests.support.client import RawClient, get
 from tests.support.nodes import NodeProcess, admin_port, node_config, write_config
 from tests.support.ports import free_port
@@ -241,3 +241,37 @@ def exposition_value(text: str, family: str) -> float:
         if found.name == family:
             return float(found.samples[0].value)
     raise AssertionError(f"{family} is not exported")
+
+
+async def test_every_worker_follows_api_changes_through_the_state_file(
+    backend_factory: StartBackend, tmp_path: Path
+) -> None:
+    old = await backend_factory(fixed_reply(response(200, b"old")))
+    new = await backend_factory(fixed_reply(response(200, b"new")))
+    config = node_config(
+        [old.url], node={"state_dir": str(tmp_path / "state")}, logging={"level": "info"}
+    )
+    node = NodeProcess(config, tmp_path, "--workers", "2")
+    try:
+        await node.wait_ready()
+        base = f"http://127.0.0.1:{admin_port(config)}/api/v1/pools/app/backends"
+        async with aiohttp.ClientSession() as session:
+            added = await session.post(base, json={"name": "b1", "url": new.url})
+            assert added.status == 201, await added.text()
+            drained = await session.patch(f"{base}/b0", json={"weight": 0})
+            assert drained.status == 200, await drained.text()
+        # Fresh connections land on either worker; all of them must now pick the new backend.
+        deadline = time.monotonic() + 10
+        in_a_row = 0
+        while in_a_row < 40:
+            assert time.monotonic() < deadline, "a worker kept sending traffic to b0"
+            client = await RawClient.connect(node.port)
+            await client.send(get("/which"))
+            answer = await client.read_response()
+            await client.close()
+            in_a_row = in_a_row + 1 if answer.body == b"new" else 0
+        log = node.log.read_text()
+        assert "applied API changes" in log, "the second worker did not follow the state file"
+        assert "Traceback" not in log
+    finally:
+        node.kill()
