@@ -115,6 +115,7 @@ class LiveStats:
 
 def _read(load: BackendLoad) -> _Reading:
     stats = load.stats
+    stats.fold()
     return _Reading(stats.requests, stats.errors, tuple(stats.latency))
 
 
