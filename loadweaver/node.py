@@ -45,6 +45,12 @@ __all__ = ["Node", "NodeStartError"]
 
 
 def _sources_of(config: Config, path: Path | None) -> dict[str, str]:
+    """The layers behind `config` when the caller did not say: its file's, if it reads."""
+    if path is not None:
+        try:
+            return load_config_layers(path).sources
+        except ConfigError:
+            pass  # the config did not come from a readable file: label it as a whole
     label = str(path) if path is not None else "startup config"
     return value_sources([(label, config.model_dump(mode="json", exclude_unset=True))])
 

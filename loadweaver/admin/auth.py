@@ -37,6 +37,8 @@ def _read_token_file(path: Path) -> str:
         raise AdminTokenError(
             f"admin.token_file: cannot read {path}: {error.strerror or error}"
         ) from None
+    except UnicodeDecodeError:
+        raise AdminTokenError(f"admin.token_file: {path} is not UTF-8 text") from None
     token = lines[0].strip() if lines else ""
     if not token:
         raise AdminTokenError(f"admin.token_file: {path} is empty; put the token on its first line")
@@ -74,4 +76,8 @@ def token_matches(expected: str | None, authorization: str | None) -> bool:
     scheme, _, presented = authorization.partition(" ")
     if scheme.lower() != "bearer":
         return False
-    return hmac.compare_digest(presented.strip().encode(), expected.encode())
+    try:
+        presented_bytes = presented.strip().encode()
+    except UnicodeEncodeError:  # undecodable header bytes: cannot be the token
+        return False
+    return hmac.compare_digest(presented_bytes, expected.encode())

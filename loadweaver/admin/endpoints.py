@@ -79,6 +79,9 @@ def dispatcher(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.Stre
 
 
 async def _parse_body(request: web.Request, model: type[BaseModel]) -> BaseModel:
+    content_type = request.headers.get("Content-Type")
+    if content_type is not None and not _is_json(request.content_type):
+        raise ApiError(415, f"send the body as application/json, not {content_type!r}")
     raw = await request.read()
     try:
         data = json.loads(raw) if raw else None
@@ -89,7 +92,12 @@ async def _parse_body(request: web.Request, model: type[BaseModel]) -> BaseModel
     try:
         return model.model_validate(data)
     except ValidationError as error:
-        raise ApiError(422, "the body is invalid", describe_validation_error(error)) from None
+        problems = describe_validation_error(error, model)
+        raise ApiError(422, "the body is invalid", problems) from None
+
+
+def _is_json(media_type: str) -> bool:
+    return media_type == "application/json" or media_type.endswith("+json")
 
 
 def _if_match(request: web.Request) -> int | None:

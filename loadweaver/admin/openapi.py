@@ -20,6 +20,7 @@ REASONS = {
     404: "No such resource",
     409: "Conflicts with the current state",
     412: "If-Match names an old config version",
+    415: "The body is not application/json",
     422: "Invalid: the problems name each field path",
     500: "Applied but not saved",
 }
@@ -65,7 +66,8 @@ def _schemas(endpoints: list[Endpoint]) -> tuple[References, dict[str, Any]]:
 def _operation(endpoint: Endpoint, references: References) -> dict[str, Any]:
     error_schema = references[(ErrorBody, "serialization")]
     responses: dict[str, Any] = {str(endpoint.status): _success(endpoint, references)}
-    for status in (*endpoint.errors, 401):
+    errors = (*endpoint.errors, 415) if endpoint.body is not None else endpoint.errors
+    for status in (*errors, 401):
         responses[str(status)] = {
             "description": REASONS[status],
             "content": {"application/json": {"schema": error_schema}},

@@ -78,6 +78,8 @@ class AdminServer:
             if error.status < 400:
                 raise
             response = error_response(error.status, _http_reason(request, error))
+            if "Allow" in error.headers:
+                response.headers["Allow"] = error.headers["Allow"]
         except Exception:
             logger.exception("admin API: {} {} failed", request.method, request.path)
             response = error_response(500, "internal error; the node's log has the details")

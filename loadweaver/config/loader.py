@@ -150,13 +150,14 @@ def validate_config(data: Mapping[str, Any], source: str) -> Config:
         raise ConfigError(source, describe_validation_error(error)) from None
 
 
-def describe_validation_error(error: ValidationError) -> list[str]:
+def describe_validation_error(error: ValidationError, model: type[BaseModel] = Config) -> list[str]:
+    """One sentence per problem, each starting with its field path within `model`."""
     problems = []
     for item in error.errors(include_url=False):
         location = ".".join(str(part) for part in item["loc"])
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
-            allowed = _allowed_keys(item["loc"][:-1])
+            allowed = _allowed_keys(model, item["loc"][:-1])
             message = f"unknown key; allowed keys here: {', '.join(allowed)}"
         elif item["type"] == "missing":
             message = "this field is required"
@@ -167,8 +168,8 @@ def describe_validation_error(error: ValidationError) -> list[str]:
     return problems
 
 
-def _allowed_keys(location: tuple[int | str, ...]) -> list[str]:
-    model: Any = Config
+def _allowed_keys(root: type[BaseModel], location: tuple[int | str, ...]) -> list[str]:
+    model: Any = root
     for part in location:
         model = _without_none(model)
         if isinstance(model, type) and issubclass(model, BaseModel) and isinstance(part, str):

@@ -11,7 +11,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import BaseModel, ValidationError
+
 from loadweaver.cluster.state import Override, StoredConfig, fingerprint
+from loadweaver.config.models import Pool, Route
 from loadweaver.config.sources import API, with_owner
 
 
@@ -77,16 +80,37 @@ def record_changes(
     old_pools, new_pools = before.get("pools") or {}, after.get("pools") or {}
     for name in old_pools.keys() | new_pools.keys():
         definition = new_pools.get(name)
-        if definition == old_pools.get(name):
+        if _same_pool(definition, old_pools.get(name)):
             continue
-        if definition == file_pools.get(name):
+        if _same_pool(definition, file_pools.get(name)):
             pools.pop(name, None)
         else:
             pools[name] = Override(definition, fingerprint(file_pools.get(name)))
     routes = stored.routes
-    if after.get("routes") != before.get("routes"):
-        new_routes = after.get("routes")
+    new_routes = after.get("routes")
+    if not _same_routes(new_routes, before.get("routes")):
         file_routes = file_data.get("routes")
-        same_as_file = new_routes == file_routes or (not new_routes and not file_routes)
+        same_as_file = _same_routes(new_routes, file_routes)
         routes = None if same_as_file else Override(new_routes, fingerprint(file_routes))
     return StoredConfig(version=stored.version, pools=pools, routes=routes)
+
+
+def _same_pool(one: Any, other: Any) -> bool:
+    """Equal in meaning: `weight: 1` written out is the same as the default left unset."""
+    same: bool = _normal(Pool, one) == _normal(Pool, other)
+    return same
+
+
+def _same_routes(one: Any, other: Any) -> bool:
+    return [_normal(Route, route) for route in one or []] == [
+        _normal(Route, route) for route in other or []
+    ]
+
+
+def _normal(model: type[BaseModel], value: Any) -> Any:
+    if value is None:
+        return None
+    try:
+        return model.model_validate(value).model_dump(mode="json")
+    except ValidationError:
+        return value  # invalid either way: the config validation that follows reports it

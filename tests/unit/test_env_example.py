@@ -46,9 +46,7 @@ def variables_in_example() -> set[str]:
 
 
 def test_every_scalar_setting_has_its_variable_in_the_example() -> None:
-    expected = {
-        "LOADWEAVER_" + path.upper().replace(".", "__") for path in scalar_settings(Config)
-    }
+    expected = {"LOADWEAVER_" + path.upper().replace(".", "__") for path in scalar_settings(Config)}
     missing = sorted(expected - variables_in_example())
     assert not missing, f".env.example lacks {missing}"
 
