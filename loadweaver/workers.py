@@ -4,12 +4,25 @@ The first worker also serves the admin API. The parent only forwards signals and
 """
 
 import contextlib
+import ctypes
 import os
 import signal
 import sys
 from collections.abc import Callable
 
 from loguru import logger
+
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def _stop_with_parent() -> None:
+    """Asks Linux to send SIGTERM when the parent dies, even by SIGKILL: no orphaned workers."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() == 1:  # the parent died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def run_workers(count: int, serve: Callable[[int], int]) -> int:
@@ -20,6 +33,7 @@ def run_workers(count: int, serve: Callable[[int], int]) -> int:
         if pid == 0:
             code = 1
             try:
+                _stop_with_parent()
                 code = serve(index)
             finally:
                 sys.stdout.flush()

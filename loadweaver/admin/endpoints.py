@@ -84,16 +84,23 @@ async def _parse_body(request: web.Request, model: type[BaseModel]) -> BaseModel
         raise ApiError(415, f"send the body as application/json, not {content_type!r}")
     raw = await request.read()
     try:
-        data = json.loads(raw) if raw else None
+        data = json.loads(raw, parse_float=_json_number) if raw else None
     except (ValueError, UnicodeDecodeError):
         raise ApiError(400, "the body is not valid JSON") from None
     if not isinstance(data, dict):
         raise ApiError(400, "the body must be a JSON object")
     try:
-        return model.model_validate(data)
+        # Strict: a JSON API takes JSON types as they are ("5" is not a weight, 0 not a bool).
+        return model.model_validate(data, strict=True)
     except ValidationError as error:
         problems = describe_validation_error(error, model)
         raise ApiError(422, "the body is invalid", problems) from None
+
+
+def _json_number(text: str) -> float | int:
+    """JSON has one number type: 5.0 is the integer 5, as JSON Schema says, even when strict."""
+    number = float(text)
+    return int(number) if number.is_integer() else number
 
 
 def _is_json(media_type: str) -> bool:
@@ -105,6 +112,6 @@ def _if_match(request: web.Request) -> int | None:
     if header is None or header.strip() == "*":
         return None
     value = header.strip().removeprefix("W/").strip('"')
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit()):
         raise ApiError(400, f'If-Match must be a config version such as "7", not {header!r}')
     return int(value)

@@ -11,6 +11,7 @@ from loadweaver.admin.endpoints import Endpoint
 from loadweaver.admin.schemas import ErrorBody
 
 REF_TEMPLATE = "#/components/schemas/{model}"
+IF_MATCH_PATTERN = r'^\s*(\*|(W/)?"?[0-9]+"?)\s*$'
 REASONS = {
     200: "OK",
     201: "Created",
@@ -67,6 +68,8 @@ def _operation(endpoint: Endpoint, references: References) -> dict[str, Any]:
     error_schema = references[(ErrorBody, "serialization")]
     responses: dict[str, Any] = {str(endpoint.status): _success(endpoint, references)}
     errors = (*endpoint.errors, 415) if endpoint.body is not None else endpoint.errors
+    if endpoint.conditional and 400 not in errors:
+        errors = (400, *errors)  # a malformed If-Match
     for status in (*errors, 401):
         responses[str(status)] = {
             "description": REASONS[status],
@@ -111,8 +114,8 @@ def _parameters(endpoint: Endpoint) -> list[dict[str, Any]]:
                 "name": "If-Match",
                 "in": "header",
                 "required": False,
-                "description": 'The config version the change expects, such as "7"',
-                "schema": {"type": "string"},
+                "description": 'The config version the change expects, such as "7", or *',
+                "schema": {"type": "string", "pattern": IF_MATCH_PATTERN},
             }
         )
     return parameters

@@ -24,14 +24,23 @@ class ErrorBody(Body):
     error: ErrorDetail
 
 
-class BackendPatch(Body):
-    """The fields of a backend that may change in place; at least one."""
+_UNSENT: Any = None  # a default no client value can equal in type: read with exclude_unset
 
-    weight: int | None = Field(default=None, ge=0, le=256)
-    state: BackendState | None = None
-    backup: bool | None = None
-    max_connections: int | None = Field(default=None, ge=0)
-    slow_start: Duration | None = None
+
+class BackendPatch(Body):
+    """The fields of a backend that may change in place: at least one, none of them null.
+
+    The defaults are None only to tell "not sent" apart; they are never validated, so a null
+    that a client sends is refused like any other wrong type.
+    """
+
+    model_config = ConfigDict(json_schema_extra={"minProperties": 1})
+
+    weight: int = Field(default=_UNSENT, ge=0, le=256)
+    state: BackendState = Field(default=_UNSENT)
+    backup: bool = Field(default=_UNSENT)
+    max_connections: int = Field(default=_UNSENT, ge=0)
+    slow_start: Duration = Field(default=_UNSENT)
 
     @model_validator(mode="after")
     def _something_to_change(self) -> "BackendPatch":
@@ -92,7 +101,7 @@ class RouteList(Body):
 class DynamicConfig(Body):
     """The part of the config the API may replace: every pool and every route."""
 
-    pools: dict[Name, Pool]
+    pools: dict[Name, Pool] = Field(json_schema_extra={"additionalProperties": False})
     routes: list[Route]
 
 

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from loadweaver.cli import cluster_commands, config_commands, node_commands
+from loadweaver.cli import cluster_commands, config_commands
 from loadweaver.cli.admin_client import (
     DEFAULT_ADMIN_URL,
     AdminClient,
@@ -121,6 +121,9 @@ def _add_config_commands(commands: "argparse._SubParsersAction[argparse.Argument
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "node":
+        # Only here: importing the node (uvloop, the data plane) would slow every admin command.
+        from loadweaver.cli import node_commands  # noqa: PLC0415
+
         return node_commands.start(args.config, args.redis, args.workers)
     if args.command == "config" and args.action == "validate":
         return config_commands.validate(args.file)

@@ -79,9 +79,12 @@ class UpstreamTls(Strict):
     server_name: str | None = None
 
 
+UPSTREAM_URL_SHAPE = r"^https?://[^/?#@\s]+/?$"  # documents the shape; the validator decides
+
+
 class Backend(Strict):
     name: Name
-    url: str
+    url: str = Field(json_schema_extra={"pattern": UPSTREAM_URL_SHAPE})
     weight: int = Field(default=1, ge=0, le=256)  # 0: no new requests
     backup: bool = False  # used only while no primary backend is available
     max_connections: int = Field(default=0, ge=0)  # in-flight requests; 0: no cap
@@ -151,7 +154,7 @@ Method = Literal["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CO
 
 class RouteMatch(Strict):
     host: str = "*"
-    path_prefix: str = "/"
+    path_prefix: str = Field(default="/", json_schema_extra={"pattern": "^/"})
     methods: list[Method] = []
     headers: dict[str, str] = {}
 

@@ -5,6 +5,7 @@ import sys
 from datetime import timedelta
 from typing import Any
 
+from aiohttp.http_exceptions import HttpProcessingError
 from loguru import logger
 
 from loadweaver.config.models import LoggingConfig, LogSink
@@ -16,6 +17,11 @@ class _InterceptHandler(logging.Handler):
     """Sends aiohttp's and asyncio's log records to loguru, keeping their level."""
 
     def emit(self, record: logging.LogRecord) -> None:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError):
+            # A client's malformed request to the admin API: worth a line, not a traceback.
+            logger.debug("{}: {}: {}", record.name, record.getMessage(), error)
+            return
         try:
             level: str | int = logger.level(record.levelname).name
         except ValueError:
@@ -36,7 +42,7 @@ def configure_logging(settings: LoggingConfig, node_id: str) -> None:
             _add_sink(sink, settings)
     except (OSError, ValueError) as error:
         logger.remove()
-        logger.add(sys.stderr, level=settings.level.upper(), format=TEXT_FORMAT)
+        logger.add(sys.stderr, level=settings.level.upper(), format=TEXT_FORMAT, diagnose=False)
         raise LoggingSetupError(f"logging.sinks: cannot open a log sink: {error}") from None
     logging.basicConfig(handlers=[_InterceptHandler()], level=logging.WARNING, force=True)
 
@@ -45,6 +51,8 @@ def _add_sink(sink: LogSink, settings: LoggingConfig) -> None:
     level = (sink.level or settings.level).upper()
     serialize = (sink.format or settings.format) == "json"
     format_options: dict[str, Any] = {"serialize": True} if serialize else {"format": TEXT_FORMAT}
+    # diagnose=False: tracebacks must not print local variables, which can hold secrets.
+    format_options["diagnose"] = False
     if sink.type == "stderr":
         logger.add(sys.stderr, level=level, **format_options)
         return

@@ -270,6 +270,8 @@ async def test_every_worker_follows_api_changes_through_the_state_file(
             answer = await client.read_response()
             await client.close()
             in_a_row = in_a_row + 1 if answer.body == b"new" else 0
+        node.signal(signal.SIGTERM)
+        assert await node.wait_exit() == 0
         log = node.log.read_text()
         assert "applied API changes" in log, "the second worker did not follow the state file"
         assert "Traceback" not in log
