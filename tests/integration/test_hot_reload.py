@@ -133,6 +133,7 @@ async def test_reloads_under_keep_alive_load_fail_no_request(
             write_config(node.path, config)
             await wait_for_version_above(admin, version)
             await load.until(lambda: True, "traffic after the watcher's reload")
+            assert await refused_within(int(extra["bind"].rsplit(":", 1)[1]), 2.0)
 
             # 4. The API: reloading the unchanged file applies it again.
             version = await admin.version()
@@ -151,6 +152,19 @@ async def test_reloads_under_keep_alive_load_fail_no_request(
     finally:
         load.stop.set()
         node.kill()
+
+
+async def refused_within(port: int, timeout: float) -> bool:
+    """True once nothing accepts connections on `port`: the listener was closed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            return True
+        writer.close()
+        await asyncio.sleep(0.05)
+    return False
 
 
 async def wait_for_version_above(admin: Admin, version: int, timeout: float = 10) -> None:
