@@ -300,7 +300,7 @@ class Node:
             raise
 
     def _note_restart_only_changes(self, config: Config) -> None:
-        if config.admin != self.config.admin and config.admin.bind != self.config.admin.bind:
+        if config.admin.bind != self.config.admin.bind:
             logger.warning(
                 "admin.bind changed to {}; the admin API moves there at the next restart",
                 config.admin.bind,

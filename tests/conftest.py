@@ -6,6 +6,7 @@ Each returns a `Proxy`/`Proxied` whose `connect()` opens a raw client to the nod
 """
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -111,3 +112,12 @@ def proxied_factory(backend_factory: StartBackend, proxy_factory: StartProxy) ->
 async def proxied(proxied_factory: StartProxied) -> Proxied:
     """An echo backend behind a node with the default config."""
     return await proxied_factory()
+
+
+@pytest.fixture
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No LOADWEAVER_* variable and no stray `.env` from outside may reach a test's node."""
+    for name in list(os.environ):
+        if name.upper().startswith("LOADWEAVER_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)

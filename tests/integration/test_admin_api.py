@@ -4,7 +4,6 @@ really move traffic, secrets that stay on the node, reloads, live stats and clus
 
 import asyncio
 import json
-import os
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -31,13 +30,7 @@ TOKEN = "admin-token-for-tests-0123"
 STICKY_SECRET = "sticky-secret-for-admin-tests-42"
 
 
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No LOADWEAVER_* variable and no stray `.env` from outside may reach a test's node."""
-    for name in list(os.environ):
-        if name.upper().startswith("LOADWEAVER_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
+pytestmark = pytest.mark.usefixtures("clean_environment")
 
 
 @pytest.fixture

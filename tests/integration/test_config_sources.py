@@ -4,7 +4,6 @@ changes, deletions persist, `sources` names where each value came from, and a da
 stops the node."""
 
 import json
-import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,14 +20,7 @@ from tests.support.admin import AdminClient, named_backends, served_by_many
 from tests.support.backend import Backend
 from tests.support.nodes import admin_port, listener_port, node_config, write_config
 
-
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No LOADWEAVER_* variable and no stray `.env` from outside may reach a test's node."""
-    for name in list(os.environ):
-        if name.upper().startswith("LOADWEAVER_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
+pytestmark = pytest.mark.usefixtures("clean_environment")
 
 
 @dataclass

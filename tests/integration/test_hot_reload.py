@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from loadweaver.node import Node
 from tests.conftest import StartBackend, StartNode
 from tests.support.backend import Backend, fixed_reply, response
 from tests.support.client import RawClient, get
@@ -205,15 +206,23 @@ async def test_pools_that_did_not_change_keep_their_pooled_connections(
     assert backend.connections == opened, "the reload reopened connections to an unchanged pool"
 
 
-async def test_the_watcher_reloads_a_burst_of_writes_once(
+async def watched_node(
     backend_factory: StartBackend, node_factory: StartNode, tmp_path: Path
-) -> None:
+) -> tuple[Node, dict[str, Any], Path]:
+    """A node in front of one backend, started from a file it watches."""
     backend = await backend_factory()
     config = node_config([backend.url])
     config_file = write_config(tmp_path / "loadweaver.yaml", config)
     node = await node_factory(config, config_file)
     node.start_watching()
     await asyncio.sleep(0.2)  # the watch is registered asynchronously
+    return node, config, config_file
+
+
+async def test_the_watcher_reloads_a_burst_of_writes_once(
+    backend_factory: StartBackend, node_factory: StartNode, tmp_path: Path
+) -> None:
+    node, config, config_file = await watched_node(backend_factory, node_factory, tmp_path)
     version = node.version
     for weight in (2, 3, 4, 5):  # an editor saving several times in quick succession
         config["pools"]["app"]["backends"][0]["weight"] = weight
@@ -230,12 +239,7 @@ async def test_the_watcher_reloads_a_burst_of_writes_once(
 async def test_a_broken_file_seen_by_the_watcher_keeps_the_running_config(
     backend_factory: StartBackend, node_factory: StartNode, tmp_path: Path
 ) -> None:
-    backend = await backend_factory()
-    config = node_config([backend.url])
-    config_file = write_config(tmp_path / "loadweaver.yaml", config)
-    node = await node_factory(config, config_file)
-    node.start_watching()
-    await asyncio.sleep(0.2)
+    node, config, config_file = await watched_node(backend_factory, node_factory, tmp_path)
     version = node.version
     config_file.write_text("pools: {app: {backends: [{name: b0, url: 'ftp://nope'}]}}\n")
     deadline = time.monotonic() + 10

@@ -1,6 +1,5 @@
 """The config schema and loader: field paths in errors, cross-references, env and file overlays."""
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -10,14 +9,7 @@ from loadweaver.config import Config, ConfigError, load_config, load_default_con
 from loadweaver.config.loader import build_config
 from tests.support.nodes import write_config
 
-
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No LOADWEAVER_* variable from the outside and no stray `.env` may leak into a test."""
-    for name in list(os.environ):
-        if name.upper().startswith("LOADWEAVER_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
+pytestmark = pytest.mark.usefixtures("clean_environment")
 
 
 def problems_of(data: dict[str, Any]) -> list[str]:
