@@ -365,15 +365,6 @@ async def test_an_empty_pool_answers_503(proxy_factory: StartProxy) -> None:
 # ---- bad settings ----
 
 
-@pytest.fixture
-def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No LOADWEAVER_* variable and no stray `.env` may leak into a validation test."""
-    for name in list(os.environ):
-        if name.upper().startswith("LOADWEAVER_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
-
-
 def config_with_pool(**pool: Any) -> dict[str, Any]:
     backends = pool.pop("backends", [{"name": "a", "url": "http://127.0.0.1:9001"}])
     return {
