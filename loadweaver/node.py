@@ -1,6 +1,7 @@
 """The composition root: builds every component, starts and stops them in order, handles signals."""
 
 import asyncio
+import contextlib
 import gc
 import os
 import signal
@@ -8,27 +9,37 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from loguru import logger
 
+from loadweaver import __version__
 from loadweaver.admin.auth import AdminTokenError, check_exposure, resolve_token
 from loadweaver.admin.server import AdminServer
-from loadweaver.cluster.memory import MemoryConfigStore
-from loadweaver.cluster.state import StoredConfig
-from loadweaver.cluster.store import ConfigStore, StoreError
+from loadweaver.cluster.factory import build_store
+from loadweaver.cluster.state import DYNAMIC_SECTIONS, StoredConfig
+from loadweaver.cluster.store import (
+    ClusterStore,
+    FencedOutError,
+    Lease,
+    StoreError,
+    VersionConflictError,
+)
 from loadweaver.config.addresses import parse_bind
 from loadweaver.config.loader import (
     ConfigError,
     environment_layer_path,
     load_config_layers,
     sticky_secret_from_environment,
-    validate_config,
 )
 from loadweaver.config.models import Config
-from loadweaver.config.sources import value_sources
+from loadweaver.config.sources import value_sources, with_owner
+from loadweaver.control.cluster_loops import anti_entropy, follow_changes, heartbeat_forever
 from loadweaver.control.compiler import CompileResources, compile_snapshot
+from loadweaver.control.dynamic import base_data, compose_config, own_dynamic
 from loadweaver.control.editor import ConfigEditor, EditState
 from loadweaver.control.errors import NodeStartError
+from loadweaver.control.leadership import Leadership
 from loadweaver.control.loads import LoadRegistry
 from loadweaver.control.overrides import Composition, compose
 from loadweaver.control.ramps import refresh_ramping_pools
@@ -63,24 +74,31 @@ class Node:
         reuse_port: bool = False,
         serve_admin: bool = True,
         sources: dict[str, str] | None = None,
-        store: ConfigStore | None = None,
+        store: ClusterStore | None = None,
     ) -> None:
-        """`config` is what the file (and environment) say; API changes are layered over it."""
+        """`config` is what the file (and environment) say; the cluster's config is layered in."""
         self.file_config = config
-        self.config = config  # the effective config: the file's with the API's changes
+        self.config = config  # the effective config
         self.file_sources = sources if sources is not None else _sources_of(config, config_path)
         self.config_path = config_path
         self.reuse_port = reuse_port
         self.serve_admin = serve_admin and config.admin.enabled
-        self.store: ConfigStore = store or MemoryConfigStore(config.node.state_dir)
-        self.stored = StoredConfig()
-        self.composition = compose({}, self.stored)
         self.metrics = Metrics()
+        self.store: ClusterStore = store or build_store(config, self.metrics)
+        self.stored = StoredConfig()  # the cluster config record this node has applied
+        self.composition = compose({}, self.stored)
         self.ready = False
         self.started_at = time.time()
         self.admin_token: str | None = None
         self.listeners: dict[str, Listener] = {}
-        self._version = 0
+        self.leadership = Leadership(
+            self.store,
+            config.node.id,
+            config.cluster.lease_ttl,
+            self._became_leader,
+            self._lost_leadership,
+        )
+        self._snapshots = 0
         self._apply_lock = asyncio.Lock()
         self._random_sticky_key = True
         self._tasks: list[asyncio.Task[None]] = []
@@ -102,8 +120,9 @@ class Node:
         await self._load_stored()
         self._warn_about_sticky_secrets(self.config)
         self.holder = SnapshotHolder(self._compile(self.config))
-        await self._save_stored(self.holder.current.version, starting=True)
-        self.editor = ConfigEditor(self._edit_state, self._apply_stored_locked, self._apply_lock)
+        self.editor = ConfigEditor(
+            self._edit_state, self._commit_locked, self.sync_from_store, self._apply_lock
+        )
         self.connections = ConnectionRegistry(loop, self.holder)
         self.context = ProxyContext(loop, self.holder, self.metrics, self.connections)
         self.stats = LiveStats(self.holder, self.metrics, loop.time, lambda: len(self.connections))
@@ -121,6 +140,7 @@ class Node:
         self.connections.start()
         self._tasks.append(loop.create_task(refresh_ramping_pools(self.holder, loop.time)))
         self._tasks.append(loop.create_task(self.stats.run()))
+        self._start_cluster_tasks()
         # Objects from startup live as long as the process: exclude them from every later
         # full collection, whose pauses would otherwise show up in tail latency.
         gc.collect()
@@ -130,35 +150,169 @@ class Node:
 
     @property
     def version(self) -> int:
-        return self.holder.current.version if hasattr(self, "holder") else self._version
+        """The cluster config version this node has applied."""
+        return self.stored.version
+
+    @property
+    def is_leader(self) -> bool:
+        if self.store.kind == "memory":
+            return self.serve_admin  # one node: the process that takes API changes leads
+        return self.leadership.lease is not None
 
     @property
     def sources(self) -> dict[str, str]:
         """Which layer each configured value of the effective config came from."""
-        return self.composition.sources(self.file_sources)
+        sources = self.file_sources
+        if self.stored.base is not None and self.stored.base != own_dynamic(self.file_config):
+            for part in DYNAMIC_SECTIONS:
+                sources = with_owner(sources, part, "cluster (the leader's file)")
+        return self.composition.sources(sources)
+
+    # ---- the cluster config ----
 
     async def _load_stored(self) -> None:
-        """The API's changes from the store, layered over the file config."""
+        """The cluster's config from the store, layered over the file config."""
         try:
             stored = await self.store.load()
-            self.config, self.composition = self._compose(self.file_config, stored)
+            if self.is_leader:
+                stored = await self._published(self.file_config, stored, None)
         except StoreError as error:
-            raise NodeStartError(str(error)) from None
+            if self.store.kind == "memory":
+                raise NodeStartError(str(error)) from None
+            logger.warning("{}; starting from the config file until it answers", error)
+            stored = StoredConfig()
+        try:
+            self.config, self.composition = compose_config(self.file_config, stored)
         except ConfigError as error:
             raise NodeStartError(
                 f"{error}\nthe changes kept in {self.store.description} no longer fit the "
                 "config file; fix the file, or remove those changes to start from the file alone"
             ) from None
-        self._version = stored.version
-        self.stored = self.composition.stored
+        self._adopt(self.composition.stored, stored.version)
         self._log_reclaimed(self.composition)
 
-    def _compose(self, file_config: Config, stored: StoredConfig) -> tuple[Config, Composition]:
-        """The effective config; raises ConfigError when the API's changes no longer fit."""
-        composition = compose(file_config.model_dump(mode="json", exclude_unset=True), stored)
-        if not composition.api_pools and not composition.api_routes:
-            return file_config, composition
-        return validate_config(composition.data, "file config with API changes"), composition
+    def _adopt(self, stored: StoredConfig, version: int) -> None:
+        self.stored = replace(stored, version=version)
+        self.metrics.config_version.set(version)
+
+    async def _published(
+        self, file_config: Config, stored: StoredConfig, fence: Lease | None
+    ) -> StoredConfig:
+        """Writes this node's file layer as the cluster's, if it differs: a leader's job."""
+        base = own_dynamic(file_config)
+        if stored.base == base:
+            return stored
+        candidate = replace(stored, base=base)
+        pruned = compose(base_data(file_config, candidate), candidate).stored
+        version = await self.store.save(pruned, stored.version, fence)
+        logger.info("published this node's pools and routes as cluster version {}", version)
+        return replace(pruned, version=version)
+
+    async def sync_from_store(self) -> bool:
+        """Applies the store's config if it is newer than this node's; True if it applied one."""
+        try:
+            stored = await self.store.load()
+        except StoreError:
+            return False
+        async with self._apply_lock:
+            if stored.version <= self.stored.version:
+                return False
+            try:
+                await self._swap_locked(self.file_config, stored, self.file_sources)
+            except (ConfigError, NodeStartError) as error:
+                logger.error("cannot apply cluster config version {}: {}", stored.version, error)
+                return False
+        logger.info("applied cluster config version {}", stored.version)
+        return True
+
+    async def _check_cluster(self) -> None:
+        """Anti-entropy: catch up with the store, and as leader republish a stale file layer."""
+        await self.sync_from_store()
+        lease = self.leadership.lease
+        if lease is not None and self.stored.base != own_dynamic(self.file_config):
+            await self._publish_as_leader(lease)
+
+    async def _publish_as_leader(self, lease: Lease) -> None:
+        async with self._apply_lock:
+            try:
+                stored = await self._published(self.file_config, self.stored, lease)
+                await self._swap_locked(self.file_config, stored, self.file_sources)
+            except FencedOutError:
+                logger.warning("no longer the leader: the file layer was not published")
+            except VersionConflictError:
+                pass  # the next check reads the newer version and tries again
+            except (StoreError, ConfigError, NodeStartError) as error:
+                logger.error("cannot publish this node's file layer: {}", error)
+
+    async def _became_leader(self, lease: Lease) -> None:
+        self.metrics.cluster_leader.set(1)
+        await self.sync_from_store()
+        await self._publish_as_leader(lease)
+
+    def _lost_leadership(self) -> None:
+        self.metrics.cluster_leader.set(0)
+
+    def _start_cluster_tasks(self) -> None:
+        if self.store.kind == "memory":
+            self.metrics.cluster_leader.set(1 if self.is_leader else 0)
+            return
+        loop = asyncio.get_running_loop()
+        cluster = self.config.cluster
+        self._tasks += [
+            loop.create_task(self.leadership.run()),
+            loop.create_task(
+                heartbeat_forever(
+                    self.store,
+                    self.config.node.id,
+                    self.member_record,
+                    cluster.heartbeat_interval,
+                    cluster.member_ttl,
+                )
+            ),
+            loop.create_task(
+                follow_changes(self.store, lambda: self.version, self.sync_from_store)
+            ),
+            loop.create_task(anti_entropy(self._check_cluster, cluster.anti_entropy_interval)),
+        ]
+
+    async def cluster_members(self) -> tuple[list[dict[str, Any]], str | None, bool]:
+        """Member records, the leader's id, and whether the store answered."""
+        if self.store.kind == "memory":
+            return [self.member_record()], self.config.node.id if self.is_leader else None, True
+        try:
+            members = await self.store.members()
+            lease = await self.store.current_lease()
+        except StoreError:
+            return [self.member_record()], None, False
+        own = self.member_record()
+        members = [own] + [member for member in members if member.get("id") != own["id"]]
+        return members, lease.node_id if lease else None, True
+
+    def member_record(self) -> dict[str, Any]:
+        """What this node heartbeats: who it is, where, and how far it has converged."""
+        config = self.config
+        return {
+            "id": config.node.id,
+            "listen": [listener.bind for listener in config.listeners],
+            "admin": f"http://{config.admin.bind}",
+            "version": __version__,
+            "config_version": self.version,
+            "started_at": self.started_at,
+            "ready": self.ready,
+            "leader": self.is_leader,
+            "load": {
+                "connections": len(self.connections) if hasattr(self, "connections") else 0,
+                "in_flight": sum(
+                    backend.load.in_flight
+                    for pool in self.holder.current.pools.values()
+                    for backend in pool.backends
+                )
+                if hasattr(self, "holder")
+                else 0,
+            },
+        }
+
+    # ---- applying changes ----
 
     def _admin_token(self, config: Config) -> str | None:
         try:
@@ -181,17 +335,17 @@ class Node:
 
     def _compile(self, config: Config) -> Snapshot:
         try:
-            snapshot = compile_snapshot(config, self._version + 1, self.resources)
+            snapshot = compile_snapshot(config, self._snapshots + 1, self.resources)
         except TlsConfigError as error:
             raise NodeStartError(str(error)) from None
-        self._version = snapshot.version
+        self._snapshots = snapshot.version
         return snapshot
 
     def start_watching(self) -> None:
         """Reloads whenever the config file, or its LOADWEAVER_ENV layer, changes.
 
-        A worker without the admin API also follows the store's file, where the admin worker
-        records API changes: that is how `--workers N` processes share them.
+        A worker without the admin API also follows the state file, where the admin worker
+        records API changes: that is how `--workers N` processes share them on one machine.
         """
         loop = asyncio.get_running_loop()
         if self.config_path is not None:
@@ -203,21 +357,8 @@ class Node:
         state_file = self.store.watch_path
         if not self.serve_admin and state_file is not None:
             self._tasks.append(
-                loop.create_task(watch_config_files([state_file], self.follow_store))
+                loop.create_task(watch_config_files([state_file], self.sync_from_store))
             )
-
-    async def follow_store(self) -> None:
-        """Applies the API changes another process recorded in the store."""
-        async with self._apply_lock:
-            try:
-                stored = await self.store.load()
-                if stored.pools == self.stored.pools and stored.routes == self.stored.routes:
-                    return
-                await self._apply_locked(self.file_config, stored, self.file_sources)
-            except (StoreError, ConfigError, NodeStartError) as error:
-                logger.error("cannot apply the API changes recorded in the store: {}", error)
-                return
-        logger.info("applied API changes from {}", self.store.description)
 
     async def reload(self) -> bool:
         """Re-reads the config file; an invalid one keeps the running config. True on success."""
@@ -233,19 +374,18 @@ class Node:
             if self.config_path is None:
                 raise NodeStartError("the node runs without a config file: nothing to reload")
             loaded = load_config_layers(self.config_path)
-            async with self._apply_lock:
-                snapshot = await self._apply_locked(loaded.config, self.stored, loaded.sources)
+            snapshot = await self.apply(loaded.config, loaded.sources)
         except (ConfigError, NodeStartError) as error:
             self.metrics.config_reloads.labels("failure").inc()
             self.metrics.config_reload_failures.inc()
             logger.error("config reload failed, keeping the running config:\n{}", error)
             raise
         self.metrics.config_reloads.labels("success").inc()
-        logger.info("config reloaded (version {})", snapshot.version)
+        logger.info("config reloaded (config version {})", self.version)
         return snapshot
 
     async def apply(self, config: Config, sources: dict[str, str] | None = None) -> Snapshot:
-        """Compiles `config` as the new file config and swaps it in, API changes layered over.
+        """Applies `config` as the node's new file config; the leader also publishes its pools.
 
         Raises ConfigError or NodeStartError, leaving the old config running. Requests in flight
         keep the snapshot they started with. Pools and backends that did not change keep their
@@ -253,25 +393,44 @@ class Node:
         that waits for listeners cannot interleave with another.
         """
         async with self._apply_lock:
-            return await self._apply_locked(config, self.stored, sources)
+            compose_config(config, self.stored)  # refuse a broken file before publishing it
+            stored = self.stored
+            if self.is_leader:
+                try:
+                    stored = await self._published(config, stored, self.leadership.lease)
+                except StoreError as error:
+                    if self.store.kind == "memory":
+                        raise NodeStartError(str(error)) from None
+                    logger.warning("{}; the leader will publish the file layer later", error)
+            return await self._swap_locked(config, stored, sources)
 
     def _edit_state(self) -> EditState:
-        return EditState(self.config, self.file_config, self.stored, self.version)
+        return EditState(
+            self.config, base_data(self.file_config, self.stored), self.stored, self.version
+        )
 
-    async def _apply_stored_locked(self, stored: StoredConfig) -> Snapshot:
-        return await self._apply_locked(self.file_config, stored, self.file_sources)
+    async def _commit_locked(self, stored: StoredConfig, expected_version: int) -> Snapshot:
+        """An API change: validated, written to the store (compare-and-set), then applied."""
+        config_data = base_data(self.file_config, stored)
+        pruned = compose(config_data, stored).stored
+        compose_config(self.file_config, pruned)  # raises ConfigError before anything is written
+        version = await self.store.save(pruned, expected_version)
+        return await self._swap_locked(
+            self.file_config, replace(pruned, version=version), self.file_sources
+        )
 
-    async def _apply_locked(
+    async def _swap_locked(
         self, file_config: Config, stored: StoredConfig, sources: dict[str, str] | None
     ) -> Snapshot:
-        config, composition = self._compose(file_config, stored)
+        config, composition = compose_config(file_config, stored)
         token = self._admin_token(file_config)
         self._warn_about_sticky_secrets(config)
         snapshot = self._compile(config)
         self._note_restart_only_changes(config)
         self.file_config, self.config, self.composition = file_config, config, composition
-        self.file_sources = sources if sources is not None else _sources_of(config, None)
+        self.file_sources = sources if sources is not None else _sources_of(file_config, None)
         self.admin_token = token
+        self._adopt(composition.stored, stored.version)
         self.holder.swap(snapshot)
         await self._sync_listeners()
         backends = [backend for pool in snapshot.pools.values() for backend in pool.backends]
@@ -280,24 +439,7 @@ class Node:
             (backend.pool_name, backend.name, backend.address) for backend in backends
         )
         self._log_reclaimed(composition)
-        await self._save_stored(snapshot.version)
         return snapshot
-
-    async def _save_stored(self, version: int, starting: bool = False) -> None:
-        """Persists the overrides and version; raises StoreError once the change is live.
-
-        Only the process serving the admin API writes: with --workers N the others follow it.
-        """
-        self.stored = replace(self.composition.stored, version=version)
-        if not self.serve_admin:
-            return
-        try:
-            await self.store.save(self.stored)
-        except StoreError as error:
-            if starting:
-                raise NodeStartError(str(error)) from None
-            logger.error("{}", error)
-            raise
 
     def _note_restart_only_changes(self, config: Config) -> None:
         if config.admin.bind != self.config.admin.bind:
@@ -364,6 +506,11 @@ class Node:
         for task in self._tasks:
             task.cancel()
         self._tasks.clear()
+        await self.leadership.release()
+        if self.store.kind != "memory":
+            with contextlib.suppress(StoreError):
+                await self.store.leave(self.config.node.id)
+        await self.store.close()
         if hasattr(self, "pools"):
             self.pools.close_all()
         if self.serve_admin and hasattr(self, "admin"):

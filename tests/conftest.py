@@ -18,6 +18,9 @@ from loadweaver.node import Node
 from tests.support.backend import Backend, Handler, echo_handler
 from tests.support.nodes import Proxied, Proxy, node_config, start_node, write_config
 
+# Real redis-server processes: one shared per session, and private ones for fault tests.
+from tests.support.redis_server import fresh_redis, redis_factory, redis_server  # noqa: F401
+
 StartBackend = Callable[..., Awaitable[Backend]]
 
 

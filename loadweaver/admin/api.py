@@ -63,7 +63,7 @@ class AdminApi:
             ),
             Endpoint(
                 "POST", f"{pool}/backends", self._add_backend, "Add a backend", BackendView,
-                body=NewBackend, status=201, errors=(400, 404, 409, 412, 422, 500),
+                body=NewBackend, status=201, errors=(400, 404, 409, 412, 422, 503),
                 conditional=True,
             ),
             Endpoint(
@@ -71,16 +71,16 @@ class AdminApi:
             ),
             Endpoint(
                 "PATCH", backend, self._patch_backend, "Change a backend", BackendView,
-                body=BackendPatch, errors=(400, 404, 412, 422, 500), conditional=True,
+                body=BackendPatch, errors=(400, 404, 412, 422, 503), conditional=True,
             ),
             Endpoint(
                 "DELETE", backend, self._delete_backend, "Remove a backend", None, status=204,
-                errors=(404, 412, 422, 500), conditional=True,
+                errors=(404, 412, 422, 503), conditional=True,
             ),
             Endpoint(
                 "POST", f"{backend}/drain", self._drain_backend,
                 "Drain a backend: no new requests; reports the in-flight count", BackendView,
-                errors=(404, 412, 422, 500), conditional=True,
+                errors=(404, 412, 422, 503), conditional=True,
             ),
             Endpoint("GET", f"{PREFIX}/routes", self._list_routes, "List routes", RouteList),
             Endpoint(
@@ -90,7 +90,7 @@ class AdminApi:
             Endpoint(
                 "PUT", f"{PREFIX}/config", self._put_config,
                 "Replace the dynamic config: every pool and route", ConfigView,
-                body=DynamicConfig, errors=(400, 412, 422, 500), conditional=True,
+                body=DynamicConfig, errors=(400, 412, 422, 503), conditional=True,
             ),
             Endpoint(
                 "POST", f"{PREFIX}/config/validate", self._validate_config,
@@ -99,7 +99,7 @@ class AdminApi:
             ),
             Endpoint(
                 "POST", f"{PREFIX}/config/reload", self._reload_config,
-                "Re-read the config file", ReloadResult, errors=(409, 422, 500),
+                "Re-read the config file", ReloadResult, errors=(409, 422),
             ),
             Endpoint("GET", f"{PREFIX}/stats", self._stats, "Live stats", StatsDocument),
             Endpoint(
@@ -194,14 +194,14 @@ class AdminApi:
         return self._config_view()
 
     async def _put_config(self, call: Call) -> ConfigView:
-        pools, routes = _dynamic_data(call.body)
-        await _edited(self._view.editor.replace_dynamic(pools, routes, call.if_match))
+        pools, routes, limits = _dynamic_data(call.body)
+        await _edited(self._view.editor.replace_dynamic(pools, routes, limits, call.if_match))
         return self._config_view()
 
     async def _validate_config(self, call: Call) -> ValidationResult:
-        pools, routes = _dynamic_data(call.body)
+        pools, routes, limits = _dynamic_data(call.body)
         try:
-            config = self._view.editor.preview_dynamic(pools, routes)
+            config = self._view.editor.preview_dynamic(pools, routes, limits)
         except EditError as error:
             raise ApiError(error.status, error.message, error.problems) from None
         backends = sum(len(pool.backends) for pool in config.pools.values())
@@ -265,21 +265,27 @@ class AdminApi:
 
     async def _cluster_status(self, call: Call) -> ClusterStatus:
         view = self._view
-        node_id = view.config.node.id
+        members, leader, store_up = await view.cluster_members()
+        now = time.time()
+        nodes = [
+            ClusterNode(
+                id=str(member["id"]),
+                admin=str(member.get("admin", "")),
+                listen=[str(bind) for bind in member.get("listen", [])],
+                version=str(member.get("version", "")),
+                ready=bool(member.get("ready", False)),
+                leader=member["id"] == leader,
+                config_version=int(member.get("config_version", 0)),
+                uptime_seconds=round(now - float(member.get("started_at", now)), 3),
+            )
+            for member in sorted(members, key=lambda member: str(member["id"]))
+        ]
         return ClusterStatus(
-            nodes=[
-                ClusterNode(
-                    id=node_id,
-                    admin=f"http://{view.config.admin.bind}",
-                    ready=view.ready,
-                    leader=True,
-                    config_version=view.version,
-                    uptime_seconds=round(time.time() - view.started_at, 3),
-                )
-            ],
-            leader=node_id,
+            nodes=nodes,
+            leader=leader,
             config_version=view.version,
             store=view.store.description,
+            store_up=store_up,
         )
 
     # ---- views ----
@@ -343,12 +349,20 @@ class AdminApi:
         )
 
 
-def _dynamic_data(body: DynamicConfig) -> tuple[dict[str, Any], list[Any]]:
+def _dynamic_data(
+    body: DynamicConfig,
+) -> tuple[dict[str, Any], list[Any], dict[str, Any] | None]:
     pools = {
         name: pool.model_dump(mode="json", exclude_unset=True) for name, pool in body.pools.items()
     }
     routes = [route.model_dump(mode="json", exclude_unset=True) for route in body.routes]
-    return pools, routes
+    if body.rate_limits is None:
+        return pools, routes, None  # absent: the rate limits stay as they are
+    limits = {
+        name: policy.model_dump(mode="json", exclude_unset=True)
+        for name, policy in body.rate_limits.items()
+    }
+    return pools, routes, limits
 
 
 async def _edited(change: Awaitable[T]) -> T:

@@ -23,7 +23,7 @@ REASONS = {
     412: "If-Match names an old config version",
     415: "The body is not application/json",
     422: "Invalid: the problems name each field path",
-    500: "Applied but not saved",
+    503: "The cluster store is down: nothing was changed",
 }
 
 

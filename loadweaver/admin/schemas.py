@@ -4,7 +4,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from loadweaver.config.models import Backend, Name, Pool, Route
+from loadweaver.config.models import Backend, Name, Pool, RateLimitPolicy, Route
 from loadweaver.config.units import Duration
 
 BackendState = Literal["active", "draining", "maintenance"]
@@ -103,6 +103,10 @@ class DynamicConfig(Body):
 
     pools: dict[Name, Pool] = Field(json_schema_extra={"additionalProperties": False})
     routes: list[Route]
+    # Absent: the rate limits stay as they are.
+    rate_limits: dict[Name, RateLimitPolicy] | None = Field(
+        default=None, json_schema_extra={"additionalProperties": False}
+    )
 
 
 class ConfigView(Body):
@@ -125,17 +129,20 @@ class ReloadResult(Body):
 class ClusterNode(Body):
     id: str
     admin: str
+    listen: list[str]
+    version: str  # the loadweaver release
     ready: bool
     leader: bool
-    config_version: int
+    config_version: int  # the cluster config version this node has applied
     uptime_seconds: float
 
 
 class ClusterStatus(Body):
     nodes: list[ClusterNode]
-    leader: str
-    config_version: int
+    leader: str | None  # None while no node holds the lease (or the store is down)
+    config_version: int  # the version the answering node has applied
     store: str
+    store_up: bool
 
 
 class Latency(Body):

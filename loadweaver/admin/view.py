@@ -1,9 +1,9 @@
 """What the admin API needs from a node; Node provides it."""
 
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
-from loadweaver.cluster.store import ConfigStore
+from loadweaver.cluster.store import ClusterStore
 from loadweaver.config.models import Config
 from loadweaver.control.editor import ConfigEditor
 from loadweaver.control.snapshot import Snapshot, SnapshotHolder
@@ -19,7 +19,7 @@ class NodeView(Protocol):
     editor: ConfigEditor
     holder: SnapshotHolder
     stats: LiveStats
-    store: ConfigStore
+    store: ClusterStore
 
     @property
     def version(self) -> int: ...
@@ -28,3 +28,7 @@ class NodeView(Protocol):
     def sources(self) -> dict[str, str]: ...
 
     async def reload_file(self) -> Snapshot: ...
+
+    async def cluster_members(self) -> tuple[list[dict[str, Any]], str | None, bool]:
+        """Member records, the leader's id, and whether the store answered."""
+        ...

@@ -100,22 +100,28 @@ def status(client: AdminClient, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
+    store = report["store"] + ("" if report["store_up"] else "  (DOWN)")
     print(
-        f"leader: {report['leader']}   config version: {report['config_version']}   "
-        f"store: {report['store']}"
+        f"leader: {report['leader'] or 'none'}   config version: {report['config_version']}   "
+        f"store: {store}"
     )
+    newest = max([node["config_version"] for node in report["nodes"]], default=0)
     rows = [
         [
             node["id"],
+            ", ".join(node["listen"]),
             node["admin"],
             "yes" if node["ready"] else "no",
             "yes" if node["leader"] else "",
-            node["config_version"],
+            node["config_version"]
+            if node["config_version"] == newest
+            else f"{node['config_version']} (behind)",
             f"{node['uptime_seconds']:.0f}s",
         ]
         for node in report["nodes"]
     ]
-    print(render_table(["NODE", "ADMIN", "READY", "LEADER", "VERSION", "UPTIME"], rows))
+    headers = ["NODE", "LISTEN", "ADMIN", "READY", "LEADER", "CONFIG VERSION", "UPTIME"]
+    print(render_table(headers, rows))
     return 0
 
 

@@ -33,11 +33,29 @@ class Override:
         return cls(definition=data["definition"], file_fingerprint=str(data["file_fingerprint"]))
 
 
+DYNAMIC_SECTIONS = ("pools", "routes", "rate_limits")  # what the cluster shares
+
+
 @dataclass(frozen=True)
 class StoredConfig:
-    version: int = 0  # the config version last applied; a restart continues above it
+    """The cluster's dynamic config: the leader's file layer (`base`) and the API's overrides.
+
+    `version` rises with every write, whoever makes it; nodes report the version they applied.
+    """
+
+    version: int = 0
     pools: Mapping[str, Override] = field(default_factory=dict)
     routes: Override | None = None
+    rate_limits: Override | None = None
+    base: Mapping[str, Any] | None = None  # pools, routes, rate_limits as the leader's file says
+
+    def overrides_equal(self, other: "StoredConfig") -> bool:
+        return (self.pools, self.routes, self.rate_limits, self.base) == (
+            other.pools,
+            other.routes,
+            other.rate_limits,
+            other.base,
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -45,6 +63,8 @@ class StoredConfig:
             "version": self.version,
             "pools": {name: override.to_json() for name, override in self.pools.items()},
             "routes": self.routes.to_json() if self.routes is not None else None,
+            "rate_limits": self.rate_limits.to_json() if self.rate_limits is not None else None,
+            "base": dict(self.base) if self.base is not None else None,
         }
 
     @classmethod
@@ -52,9 +72,12 @@ class StoredConfig:
         """Raises ValueError (or KeyError/TypeError) on a record this version cannot read."""
         if data.get("format") != 1:
             raise ValueError(f"unknown state format {data.get('format')!r} (expected 1)")
-        routes = data.get("routes")
+        routes, rate_limits = data.get("routes"), data.get("rate_limits")
+        base = data.get("base")
         return cls(
             version=int(data["version"]),
             pools={name: Override.from_json(item) for name, item in data["pools"].items()},
             routes=Override.from_json(routes) if routes is not None else None,
+            rate_limits=Override.from_json(rate_limits) if rate_limits is not None else None,
+            base=dict(base) if base is not None else None,
         )

@@ -1,7 +1,14 @@
-"""The interface every config store implements: the in-memory one now, Redis in a cluster."""
+"""The interface every cluster store implements: MemoryStore (one node) and RedisStore.
 
+A store keeps what nodes share: the versioned dynamic config, the member list, the leader lease,
+sticky sessions and rate-limit buckets. Every method raises StoreError when the store cannot be
+reached; callers keep serving from what they have.
+"""
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from loadweaver.cluster.state import StoredConfig
 
@@ -10,15 +17,45 @@ class StoreError(Exception):
     """The store could not be read or written; the message says which and why."""
 
 
-class ConfigStore(Protocol):
-    @property
-    def description(self) -> str:
-        """What `cluster status` shows, such as `memory (state file /var/lib/x/state.json)`."""
-        ...
+class VersionConflictError(StoreError):
+    """A compare-and-set found another version: someone else wrote first."""
 
+    def __init__(self, expected: int, found: int) -> None:
+        super().__init__(f"the cluster config is at version {found}, not {expected}")
+        self.expected = expected
+        self.found = found
+
+
+class FencedOutError(StoreError):
+    """A leader-only write carried a fencing token that is no longer the leader's."""
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A leadership term: the holder and its fencing token (higher terms have higher tokens)."""
+
+    node_id: str
+    token: int
+
+
+@dataclass(frozen=True)
+class Grant:
+    """Tokens taken from a shared bucket."""
+
+    granted: int
+    available: float  # tokens left in the shared bucket after this take
+    wait: float  # seconds until the bucket holds one more token (0 if it has one)
+
+
+class ClusterStore(Protocol):
     @property
     def kind(self) -> str:
         """`memory` or `redis`."""
+        ...
+
+    @property
+    def description(self) -> str:
+        """What `cluster status` shows, such as `redis redis://10.0.0.5:6379/0`."""
         ...
 
     @property
@@ -26,10 +63,63 @@ class ConfigStore(Protocol):
         """A file whose changes mean another process changed the record; None: no such file."""
         ...
 
+    # ---- the dynamic config ----
+
     async def load(self) -> StoredConfig:
-        """The stored record, or an empty one; raises StoreError when it cannot be read."""
+        """The stored record, or an empty one."""
         ...
 
-    async def save(self, state: StoredConfig) -> None:
-        """Replaces the record atomically; raises StoreError and keeps the old one on failure."""
+    async def save(
+        self, state: StoredConfig, expected_version: int, fence: Lease | None = None
+    ) -> int:
+        """Writes `state` if the record is still at `expected_version`; returns the new version.
+
+        Raises VersionConflictError, or FencedOutError when `fence` is not the current lease.
+        Other nodes hear of the change through `changes()`.
+        """
         ...
+
+    def changes(self) -> AsyncIterator[int]:
+        """Versions announced by writers, as they arrive; best effort (pub/sub may drop some)."""
+        ...
+
+    # ---- membership and leadership ----
+
+    async def heartbeat(self, node_id: str, record: dict[str, Any], ttl: float) -> None: ...
+
+    async def leave(self, node_id: str) -> None: ...
+
+    async def members(self) -> list[dict[str, Any]]:
+        """The records of nodes whose heartbeat has not expired."""
+        ...
+
+    async def acquire_lease(self, node_id: str, ttl: float) -> Lease | None:
+        """Leadership if nobody holds it; None otherwise."""
+        ...
+
+    async def renew_lease(self, lease: Lease, ttl: float) -> bool:
+        """Extends `lease` if it is still the current one."""
+        ...
+
+    async def release_lease(self, lease: Lease) -> None: ...
+
+    async def current_lease(self) -> Lease | None: ...
+
+    # ---- sticky sessions ----
+
+    async def session_get(self, pool: str, key: str, ttl: float) -> str | None:
+        """The backend a session is pinned to, sliding its expiry by `ttl`."""
+        ...
+
+    async def session_set(self, pool: str, key: str, backend: str, ttl: float) -> None: ...
+
+    # ---- rate limits ----
+
+    async def take_tokens(
+        self, bucket: str, rate: float, capacity: float, want: int, idle_ttl: float
+    ) -> Grant:
+        """Takes up to `want` tokens (a negative `want` returns unused ones) from a shared bucket
+        refilled at `rate` per second up to `capacity`, timed by the store's own clock."""
+        ...
+
+    async def close(self) -> None: ...

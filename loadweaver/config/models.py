@@ -180,6 +180,32 @@ class Route(Strict):
     match: RouteMatch = RouteMatch()
     pool: str
     priority: int = 0
+    rate_limit: str | None = None  # a name from rate_limits
+
+
+RATE_LIMIT_KEY = r"^(client_ip|route|header:[A-Za-z0-9!#$%&'*+.^_`|~-]+)$"
+
+
+class RateLimitPolicy(Strict):
+    """A token bucket: `rate` requests per `period`, and up to `burst` at once."""
+
+    key: str = Field(default="client_ip", pattern=RATE_LIMIT_KEY)  # or route, header:NAME
+    rate: float = Field(gt=0)
+    period: Duration = 1.0
+    burst: int = Field(default=1, ge=1)
+    scope: Literal["cluster", "node"] = "cluster"
+    on_store_error: Literal["local", "allow", "deny"] = "local"
+
+    @field_validator("period")
+    @classmethod
+    def _positive_period(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("period must be more than 0, such as 1s or 1m")
+        return value
+
+    @property
+    def per_second(self) -> float:
+        return self.rate / self.period
 
 
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -274,8 +300,29 @@ class LoggingConfig(Strict):
 
 
 class ClusterConfig(Strict):
+    # redis://, rediss:// or redis+sentinel://host:port,host:port/master; unset: one node alone
     redis_url: str | None = None
     name: Name = "default"
+    timeout: Duration = 0.05  # each Redis call; past it the call fails and the node carries on
+    connect_timeout: Duration = 0.2
+    heartbeat_interval: Duration = 1.0
+    member_ttl: Duration = 3.0  # a node that has not heartbeaten for this long is gone
+    lease_ttl: Duration = 5.0  # leadership lasts this long unless renewed
+    anti_entropy_interval: Duration = 1.0  # how often a node checks the config version itself
+
+    @model_validator(mode="after")
+    def _consistent_timing(self) -> "ClusterConfig":
+        if self.redis_url is not None and not self.redis_url.startswith(
+            ("redis://", "rediss://", "redis+sentinel://")
+        ):
+            raise ValueError(
+                "cluster.redis_url must start with redis://, rediss:// or redis+sentinel://"
+            )
+        if self.member_ttl <= self.heartbeat_interval:
+            raise ValueError("cluster.member_ttl must be longer than cluster.heartbeat_interval")
+        if self.timeout <= 0 or self.lease_ttl < 1:
+            raise ValueError("cluster.timeout must be above 0 and cluster.lease_ttl at least 1s")
+        return self
 
 
 class Config(Strict):
@@ -283,6 +330,7 @@ class Config(Strict):
     listeners: list[Listener] = []
     pools: dict[Name, Pool] = {}
     routes: list[Route] = []
+    rate_limits: dict[Name, RateLimitPolicy] = {}
     admin: AdminConfig = AdminConfig()
     limits: Limits = Limits()
     security: SecurityConfig = SecurityConfig()
@@ -299,6 +347,12 @@ class Config(Strict):
                 known = ", ".join(sorted(self.pools)) or "none defined"
                 raise ValueError(
                     f"routes.{index}.pool: pool {route.pool!r} does not exist (pools: {known})"
+                )
+            if route.rate_limit is not None and route.rate_limit not in self.rate_limits:
+                known = ", ".join(sorted(self.rate_limits)) or "none defined"
+                raise ValueError(
+                    f"routes.{index}.rate_limit: {route.rate_limit!r} is not in rate_limits "
+                    f"({known})"
                 )
         return self
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from loadweaver.cluster.state import StoredConfig
-from loadweaver.cluster.store import StoreError
+from loadweaver.cluster.store import StoreError, VersionConflictError
 from loadweaver.config.loader import ConfigError, validate_config
 from loadweaver.config.models import Config
 from loadweaver.control.errors import NodeStartError
@@ -41,24 +41,31 @@ class EditState:
     """What a change starts from."""
 
     effective: Config
-    file_config: Config
+    base_data: dict[str, Any]  # the file layer the API's overrides compose over
     stored: StoredConfig
-    version: int
+    version: int  # the cluster config version `stored` has
 
 
 Edit = Callable[[dict[str, Any]], None]
+
+
+ATTEMPTS = 3  # a write that loses a race re-reads the cluster config and tries again
 
 
 class ConfigEditor:
     def __init__(
         self,
         state: Callable[[], EditState],
-        apply: Callable[[StoredConfig], Awaitable[Snapshot]],
+        commit: Callable[[StoredConfig, int], Awaitable[Snapshot]],
+        resync: Callable[[], Awaitable[object]],
         lock: asyncio.Lock,
     ) -> None:
-        """`apply` must be called with `lock` held; the lock also covers the read before it."""
+        """`commit(stored, expected_version)` writes to the store and applies; it must be called
+        with `lock` held, which also covers the read before it. `resync` catches up with the
+        store after another node won a race."""
         self._state = state
-        self._apply = apply
+        self._commit = commit
+        self._resync = resync
         self._lock = lock
 
     async def add_backend(
@@ -106,53 +113,67 @@ class ConfigEditor:
         return await self.update_backend(pool, name, if_match, state="draining")
 
     async def replace_dynamic(
-        self, pools: dict[str, Any], routes: list[Any], if_match: int | None = None
+        self,
+        pools: dict[str, Any],
+        routes: list[Any],
+        rate_limits: dict[str, Any] | None = None,
+        if_match: int | None = None,
     ) -> Snapshot:
-        """Replaces every pool and route, as `PUT /api/v1/config` does."""
-        return await self.change(_replacement(pools, routes), if_match)
+        """Replaces every pool and route (and the rate limits, when given): PUT /api/v1/config."""
+        return await self.change(_replacement(pools, routes, rate_limits), if_match)
 
-    def preview_dynamic(self, pools: dict[str, Any], routes: list[Any]) -> Config:
+    def preview_dynamic(
+        self, pools: dict[str, Any], routes: list[Any], rate_limits: dict[str, Any] | None = None
+    ) -> Config:
         """The config `replace_dynamic` would produce, validated but not applied."""
         state = self._state()
-        before, after = _edited(state, _replacement(pools, routes))
+        before, after = _edited(state, _replacement(pools, routes, rate_limits))
         return _validated(state, before, after)
 
     async def change(self, edit: Edit, if_match: int | None = None) -> Snapshot:
-        """Read, edit, validate and apply as one step: concurrent changes cannot interleave."""
-        async with self._lock:
-            state = self._state()
-            if if_match is not None and if_match != state.version:
-                raise EditError(
-                    412,
-                    f"the config is at version {state.version}, not {if_match}: "
-                    "read it again and retry",
-                )
-            before, after = _edited(state, edit)
-            _validated(state, before, after)
-            stored = record_changes(_file_data(state), state.stored, before, after)
-            try:
-                return await self._apply(stored)
-            except ConfigError as error:
-                raise EditError(422, "the change was rejected", error.problems) from None
-            except NodeStartError as error:
-                raise EditError(422, str(error)) from None
-            except StoreError as error:
-                raise EditError(500, f"the change is live but was not saved: {error}") from None
+        """Read, edit, validate, write and apply as one step; a lost race is retried."""
+        for _ in range(ATTEMPTS):
+            async with self._lock:
+                state = self._state()
+                if if_match is not None and if_match != state.version:
+                    raise _stale(state.version, if_match)
+                before, after = _edited(state, edit)
+                _validated(state, before, after)
+                stored = record_changes(state.base_data, state.stored, before, after)
+                try:
+                    return await self._commit(stored, state.version)
+                except VersionConflictError as error:
+                    if if_match is not None:
+                        raise _stale(error.found, if_match) from None
+                except ConfigError as error:
+                    raise EditError(422, "the change was rejected", error.problems) from None
+                except NodeStartError as error:
+                    raise EditError(422, str(error)) from None
+                except StoreError as error:
+                    raise EditError(503, f"the change was not made: {error}") from None
+            await self._resync()  # another node wrote first: catch up, then edit again
+        raise EditError(409, "the cluster config kept changing under this change; retry it")
 
 
-def _replacement(pools: dict[str, Any], routes: list[Any]) -> Edit:
+def _stale(version: int, if_match: int) -> EditError:
+    return EditError(
+        412, f"the config is at version {version}, not {if_match}: read it again and retry"
+    )
+
+
+def _replacement(
+    pools: dict[str, Any], routes: list[Any], rate_limits: dict[str, Any] | None
+) -> Edit:
     def replace(data: dict[str, Any]) -> None:
         try:
             data["pools"] = restore_secrets(pools, data["pools"])
         except RedactionError as error:
             raise EditError(422, "the change was rejected", [str(error)]) from None
         data["routes"] = list(routes)
+        if rate_limits is not None:
+            data["rate_limits"] = dict(rate_limits)
 
     return replace
-
-
-def _file_data(state: EditState) -> dict[str, Any]:
-    return state.file_config.model_dump(mode="json", exclude_unset=True)
 
 
 def _edited(state: EditState, edit: Edit) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -167,9 +188,9 @@ def _edited(state: EditState, edit: Edit) -> tuple[dict[str, Any], dict[str, Any
 
 def _validated(state: EditState, before: dict[str, Any], after: dict[str, Any]) -> Config:
     """Checks the edit by composing it exactly as the node will, so errors name the right paths."""
-    stored = record_changes(_file_data(state), state.stored, before, after)
+    stored = record_changes(state.base_data, state.stored, before, after)
     try:
-        return validate_config(compose(_file_data(state), stored).data, "change")
+        return validate_config(compose(state.base_data, stored).data, "change")
     except ConfigError as error:
         raise EditError(422, "the change was rejected", error.problems) from None
 

@@ -1,37 +1,47 @@
 """How file config and API changes compose.
 
-The file (with its environment layers) is the base. The API owns whole parts of the dynamic
-config: single pools and the route list. An API-owned part replaces the file's version of it for as
-long as the file's version stays what it was when the API took the part over; when an operator
-edits that part of the file, a reload or restart gives it back to the file. Editing other parts of
-the file leaves the API's changes alone.
+The file layer is the base: the node's own file, or in a cluster the leader's file as published in
+the store. The API owns whole parts of the dynamic config: single pools, the route list and the
+rate-limit policies. An API-owned part replaces the base's version of it for as long as the base's
+version stays what it was when the API took the part over; when an operator edits that part of the
+file, a reload or restart gives it back to the file. Editing other parts leaves the API's alone.
 """
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from loadweaver.cluster.state import Override, StoredConfig, fingerprint
-from loadweaver.config.models import Pool, Route
+from loadweaver.config.models import Pool, RateLimitPolicy, Route
 from loadweaver.config.sources import API, with_owner
+
+WHOLE_PARTS = ("routes", "rate_limits")  # owned as a whole, unlike pools, which go one by one
 
 
 @dataclass(frozen=True)
 class Composition:
     data: dict[str, Any]  # the effective config, as data to validate
     api_pools: frozenset[str]  # pools whose definition (or deletion) came from the API
-    api_routes: bool
+    api_parts: frozenset[str]  # whole parts (routes, rate_limits) that came from the API
     stored: StoredConfig  # the overrides still in force: those the file took back are gone
     reclaimed: tuple[str, ...]  # parts the file took back, for the log
+
+    @property
+    def api_routes(self) -> bool:
+        return "routes" in self.api_parts
+
+    @property
+    def has_overrides(self) -> bool:
+        return bool(self.api_pools or self.api_parts)
 
     def sources(self, file_sources: Mapping[str, str]) -> dict[str, str]:
         sources = dict(file_sources)
         for name in sorted(self.api_pools):
             sources = with_owner(sources, f"pools.{name}", API)
-        if self.api_routes:
-            sources = with_owner(sources, "routes", API)
+        for part in sorted(self.api_parts):
+            sources = with_owner(sources, part, API)
         return sources
 
 
@@ -50,17 +60,22 @@ def compose(file_data: Mapping[str, Any], stored: StoredConfig) -> Composition:
         else:
             pools[name] = override.definition
     data["pools"] = pools
-    routes = stored.routes
-    if routes is not None and routes.file_fingerprint != fingerprint(data.get("routes")):
-        reclaimed.append("routes")
-        routes = None
-    if routes is not None:
-        data["routes"] = routes.definition
+    wholes: dict[str, Override | None] = {}
+    for part in WHOLE_PARTS:
+        whole: Override | None = getattr(stored, part)
+        if whole is not None and whole.file_fingerprint != fingerprint(data.get(part)):
+            reclaimed.append(part)
+            whole = None
+        if whole is not None:
+            data[part] = whole.definition
+        wholes[part] = whole
     return Composition(
         data=data,
         api_pools=frozenset(kept),
-        api_routes=routes is not None,
-        stored=StoredConfig(version=stored.version, pools=kept, routes=routes),
+        api_parts=frozenset(part for part, whole in wholes.items() if whole is not None),
+        stored=replace(
+            stored, pools=kept, routes=wholes["routes"], rate_limits=wholes["rate_limits"]
+        ),
         reclaimed=tuple(reclaimed),
     )
 
@@ -86,31 +101,39 @@ def record_changes(
             pools.pop(name, None)
         else:
             pools[name] = Override(definition, fingerprint(file_pools.get(name)))
-    routes = stored.routes
-    new_routes = after.get("routes")
-    if not _same_routes(new_routes, before.get("routes")):
-        file_routes = file_data.get("routes")
-        same_as_file = _same_routes(new_routes, file_routes)
-        routes = None if same_as_file else Override(new_routes, fingerprint(file_routes))
-    return StoredConfig(version=stored.version, pools=pools, routes=routes)
+    wholes: dict[str, Override | None] = {}
+    for part in WHOLE_PARTS:
+        wholes[part] = getattr(stored, part)
+        new = after.get(part)
+        if not _same_part(part, new, before.get(part)):
+            in_file = file_data.get(part)
+            same_as_file = _same_part(part, new, in_file)
+            wholes[part] = None if same_as_file else Override(new, fingerprint(in_file))
+    return replace(stored, pools=pools, routes=wholes["routes"], rate_limits=wholes["rate_limits"])
 
 
 def _same_pool(one: Any, other: Any) -> bool:
     """Equal in meaning: `weight: 1` written out is the same as the default left unset."""
-    same: bool = _normal(Pool, one) == _normal(Pool, other)
+    same: bool = _normal(_POOL, one) == _normal(_POOL, other)
     return same
 
 
-def _same_routes(one: Any, other: Any) -> bool:
-    return [_normal(Route, route) for route in one or []] == [
-        _normal(Route, route) for route in other or []
-    ]
+def _same_part(part: str, one: Any, other: Any) -> bool:
+    adapter = _ROUTES if part == "routes" else _RATE_LIMITS
+    empty: Any = [] if part == "routes" else {}
+    same: bool = _normal(adapter, one or empty) == _normal(adapter, other or empty)
+    return same
 
 
-def _normal(model: type[BaseModel], value: Any) -> Any:
+_POOL = TypeAdapter(Pool)
+_ROUTES = TypeAdapter(list[Route])
+_RATE_LIMITS = TypeAdapter(dict[str, RateLimitPolicy])
+
+
+def _normal(adapter: TypeAdapter[Any], value: Any) -> Any:
     if value is None:
         return None
     try:
-        return model.model_validate(value).model_dump(mode="json")
+        return adapter.dump_python(adapter.validate_python(value), mode="json")
     except ValidationError:
         return value  # invalid either way: the config validation that follows reports it

@@ -75,6 +75,20 @@ class Metrics:
             ["result"],
             registry=self.registry,
         )
+        self.cluster_store_up = Gauge(
+            "loadweaver_cluster_store_up",
+            "1 while the cluster store answers, 0 while it is unreachable.",
+            registry=self.registry,
+        )
+        self.cluster_store_up.set(1)
+        self.cluster_leader = Gauge(
+            "loadweaver_cluster_leader", "1 while this node is the leader.", registry=self.registry
+        )
+        self.config_version = Gauge(
+            "loadweaver_config_version",
+            "The cluster config version this node has applied.",
+            registry=self.registry,
+        )
         self.config_reload_failures = Counter(
             "loadweaver_config_reload_failures",
             "Config reloads refused because the new config was invalid or could not be applied.",

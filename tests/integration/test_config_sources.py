@@ -103,7 +103,7 @@ async def test_api_changes_survive_a_restart_and_the_version_continues(nodes: Fi
     node = await nodes.restart(node)
     assert backend_names(node) == ["b0", "b1"]
     assert node.config.pools["app"].backends[1].weight == 2
-    assert node.version > changed
+    assert node.version == changed  # nothing changed: the version neither resets nor moves
     shown = await nodes.api.ok("GET", "/config")
     assert shown["version"] == node.version
     assert shown["sources"]["pools.app"] == "api"

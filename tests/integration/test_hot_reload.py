@@ -291,7 +291,7 @@ async def test_every_worker_follows_api_changes_through_the_state_file(
         node.signal(signal.SIGTERM)
         assert await node.wait_exit() == 0
         log = node.log.read_text()
-        assert "applied API changes" in log, "the second worker did not follow the state file"
+        assert "applied cluster config version" in log, "the second worker did not follow"
         assert "Traceback" not in log
     finally:
         node.kill()

@@ -1,4 +1,4 @@
-"""The pieces behind API changes, without a node: every ConfigStore against one conformance
+"""The pieces behind API changes, without a node: every ClusterStore against one conformance
 suite, how file config and API overrides compose, the admin token rules, secret redaction, and the
 latency percentiles of the per-backend stats."""
 
@@ -13,15 +13,15 @@ from typing import Any
 import pytest
 
 from loadweaver.admin.auth import AdminTokenError, check_exposure, resolve_token, token_matches
-from loadweaver.cluster.memory import STATE_FILE_NAME, MemoryConfigStore
+from loadweaver.cluster.memory import STATE_FILE_NAME, MemoryStore
 from loadweaver.cluster.state import Override, StoredConfig, fingerprint
-from loadweaver.cluster.store import ConfigStore, StoreError
+from loadweaver.cluster.store import ClusterStore, StoreError
 from loadweaver.config.models import AdminConfig, StickyConfig
 from loadweaver.control.overrides import compose, record_changes
 from loadweaver.control.redaction import REDACTED, RedactionError, redact_config, restore_secrets
 from loadweaver.observability.backend_stats import LATENCY_BOUNDS, BackendStats, percentile
 
-# ---- every ConfigStore: one conformance suite ----
+# ---- every ClusterStore: one conformance suite ----
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class Implementation:
     """How to open a store of one kind on the storage under a directory."""
 
     name: str
-    open: Callable[[Path], ConfigStore]  # a new store over the same storage each call
+    open: Callable[[Path], ClusterStore]  # a new store over the same storage each call
     persistent: bool  # a new store sees what an earlier one saved
     break_writes: Callable[[pytest.MonkeyPatch], None] | None  # makes the next save fail
 
@@ -44,10 +44,10 @@ def _fail_fsync(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 IMPLEMENTATIONS = [
-    Implementation("memory", lambda _: MemoryConfigStore(), persistent=False, break_writes=None),
+    Implementation("memory", lambda _: MemoryStore(), persistent=False, break_writes=None),
     Implementation(
         "memory-with-state-dir",
-        lambda directory: MemoryConfigStore(directory / "state"),
+        lambda directory: MemoryStore(directory / "state"),
         persistent=True,
         break_writes=_fail_fsync,
     ),
@@ -148,7 +148,7 @@ async def test_a_state_dir_under_a_plain_file_fails_with_a_sentence_naming_the_p
     tmp_path: Path,
 ) -> None:
     (tmp_path / "plain").write_text("not a directory")
-    store = MemoryConfigStore(tmp_path / "plain" / "state")
+    store = MemoryStore(tmp_path / "plain" / "state")
     with pytest.raises(StoreError) as caught:
         await store.save(stored_record())
     assert str(caught.value) == (
@@ -160,7 +160,7 @@ async def test_a_state_dir_under_a_plain_file_fails_with_a_sentence_naming_the_p
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
 async def test_a_read_only_state_dir_fails_and_keeps_the_old_record(tmp_path: Path) -> None:
-    store = MemoryConfigStore(tmp_path)
+    store = MemoryStore(tmp_path)
     await store.save(stored_record(1))
     tmp_path.chmod(0o500)
     try:
@@ -168,7 +168,7 @@ async def test_a_read_only_state_dir_fails_and_keeps_the_old_record(tmp_path: Pa
             await store.save(stored_record(2))
     finally:
         tmp_path.chmod(0o700)
-    assert await MemoryConfigStore(tmp_path).load() == stored_record(1)
+    assert await MemoryStore(tmp_path).load() == stored_record(1)
     assert files_under(tmp_path) == [STATE_FILE_NAME]
 
 
@@ -180,15 +180,15 @@ async def test_a_read_only_state_dir_fails_and_keeps_the_old_record(tmp_path: Pa
 async def test_a_damaged_state_file_fails_to_load_with_advice(tmp_path: Path, text: str) -> None:
     (tmp_path / STATE_FILE_NAME).write_text(text)
     with pytest.raises(StoreError) as caught:
-        await MemoryConfigStore(tmp_path).load()
+        await MemoryStore(tmp_path).load()
     message = str(caught.value)
     assert f"the state file {tmp_path / STATE_FILE_NAME} is damaged" in message
     assert "move it away" in message
 
 
 def test_the_description_names_the_state_file_or_says_nothing_persists(tmp_path: Path) -> None:
-    assert str(tmp_path / STATE_FILE_NAME) in MemoryConfigStore(tmp_path).description
-    assert "not persisted" in MemoryConfigStore().description
+    assert str(tmp_path / STATE_FILE_NAME) in MemoryStore(tmp_path).description
+    assert "not persisted" in MemoryStore().description
 
 
 # ---- composing the file with API overrides ----

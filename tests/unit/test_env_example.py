@@ -15,9 +15,10 @@ STANDALONE = [
     "LOADWEAVER_STICKY_SECRET",
     "LOADWEAVER_ADMIN_TOKEN",
     "LOADWEAVER_ADMIN_URL",
+    "LOADWEAVER_REDIS_PASSWORD",
 ]
 # Lists and maps of records are set in YAML; the example shows how, once each.
-STRUCTURED = {"listeners", "pools", "routes", "logging.sinks"}
+STRUCTURED = {"listeners", "pools", "routes", "rate_limits", "logging.sinks"}
 
 
 def scalar_settings(model: type[BaseModel], prefix: str = "") -> Iterator[str]:
