@@ -40,6 +40,7 @@ from loadweaver.control.dynamic import base_data, compose_config, own_dynamic
 from loadweaver.control.editor import ConfigEditor, EditState
 from loadweaver.control.errors import NodeStartError
 from loadweaver.control.leadership import Leadership
+from loadweaver.control.limiters import LimiterRegistry
 from loadweaver.control.loads import LoadRegistry
 from loadweaver.control.overrides import Composition, compose
 from loadweaver.control.ramps import refresh_ramping_pools
@@ -99,6 +100,7 @@ class Node:
             self._lost_leadership,
         )
         self._snapshots = 0
+        self.live_nodes = 1  # nodes heartbeating in the cluster, as last counted
         self._apply_lock = asyncio.Lock()
         self._random_sticky_key = True
         self._tasks: list[asyncio.Task[None]] = []
@@ -115,6 +117,7 @@ class Node:
             pools=self.pools,
             loads=LoadRegistry(loop.time),
             fallback_secret=node_secret.encode() if node_secret else os.urandom(32),
+            limiters=LimiterRegistry(self.store, lambda: self.live_nodes, loop),
         )
         self.admin_token = self._admin_token(self.file_config)
         await self._load_stored()
@@ -228,6 +231,8 @@ class Node:
     async def _check_cluster(self) -> None:
         """Anti-entropy: catch up with the store, and as leader republish a stale file layer."""
         await self.sync_from_store()
+        with contextlib.suppress(StoreError):
+            self.live_nodes = max(1, len(await self.store.members()))
         lease = self.leadership.lease
         if lease is not None and self.stored.base != own_dynamic(self.file_config):
             await self._publish_as_leader(lease)
@@ -435,6 +440,7 @@ class Node:
         await self._sync_listeners()
         backends = [backend for pool in snapshot.pools.values() for backend in pool.backends]
         self.pools.retain_only(backend.connections for backend in backends)
+        self.resources.limiters.retain_only(config.rate_limits)
         self.resources.loads.retain_only(
             (backend.pool_name, backend.name, backend.address) for backend in backends
         )
@@ -513,6 +519,8 @@ class Node:
         await self.store.close()
         if hasattr(self, "pools"):
             self.pools.close_all()
+        if hasattr(self, "resources"):
+            await self.resources.limiters.close_all()
         if self.serve_admin and hasattr(self, "admin"):
             await self.admin.stop()
 

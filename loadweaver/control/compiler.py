@@ -7,11 +7,13 @@ from loadweaver.balancing.registry import create_strategy
 from loadweaver.balancing.sticky import MemorySessionTable, SessionTable, StickyPolicy
 from loadweaver.config.addresses import parse_bind, parse_upstream_url
 from loadweaver.config.models import Config, Listener, Pool, Route, StickyConfig
+from loadweaver.control.limiters import LimiterRegistry
 from loadweaver.control.loads import LoadRegistry
 from loadweaver.control.snapshot import ListenerSpec, PoolRuntime, RequestLimits, Snapshot
 from loadweaver.pool.manager import PoolManager
 from loadweaver.pool.pool import PoolSettings
 from loadweaver.proxy.tls import load_certificate_set, upstream_context
+from loadweaver.routing.rate_limit import RouteLimit
 from loadweaver.routing.table import CompiledRoute, RouteTable
 from loadweaver.security.trusted import TrustedProxies
 
@@ -23,6 +25,7 @@ class CompileResources:
     pools: PoolManager
     loads: LoadRegistry
     fallback_secret: bytes  # signs sticky cookies when a pool has no secret of its own
+    limiters: LimiterRegistry
     sessions: dict[str, MemorySessionTable] = field(default_factory=dict)
 
 
@@ -34,7 +37,10 @@ def compile_snapshot(config: Config, version: int, resources: CompileResources) 
         version=version,
         config=config,
         routes=RouteTable(
-            [_compile_route(index, route) for index, route in enumerate(config.routes)]
+            [
+                _compile_route(index, route, _route_limit(route, config, resources))
+                for index, route in enumerate(config.routes)
+            ]
         ),
         pools=runtimes,
         limits=RequestLimits(
@@ -127,7 +133,21 @@ def _session_table(pool: str, sticky: StickyConfig, resources: CompileResources)
     return table
 
 
-def _compile_route(order: int, route: Route) -> CompiledRoute:
+def _route_limit(route: Route, config: Config, resources: CompileResources) -> RouteLimit | None:
+    if route.rate_limit is None:
+        return None
+    policy = config.rate_limits[route.rate_limit]
+    kind, _, header = policy.key.partition(":")
+    return RouteLimit(
+        policy=route.rate_limit,
+        limiter=resources.limiters.get(route.rate_limit, policy),
+        key=kind,
+        header=header.lower().encode("latin-1"),
+        route=route.name,
+    )
+
+
+def _compile_route(order: int, route: Route, limit: RouteLimit | None) -> CompiledRoute:
     match = route.match
     return CompiledRoute(
         name=route.name,
@@ -141,6 +161,7 @@ def _compile_route(order: int, route: Route) -> CompiledRoute:
         ),
         priority=route.priority,
         order=order,
+        limit=limit,
     )
 
 

@@ -75,6 +75,12 @@ class Metrics:
             ["result"],
             registry=self.registry,
         )
+        self.rate_limited = Counter(
+            "loadweaver_rate_limited",
+            "Requests refused with 429 by a rate-limit policy.",
+            ["policy"],
+            registry=self.registry,
+        )
         self.cluster_store_up = Gauge(
             "loadweaver_cluster_store_up",
             "1 while the cluster store answers, 0 while it is unreachable.",

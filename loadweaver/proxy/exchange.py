@@ -29,6 +29,7 @@ from loadweaver.proxy.headers import (
     status_line,
 )
 from loadweaver.proxy.replies import LocalReply, RequestRejectedError
+from loadweaver.routing.rate_limit import RouteLimit
 
 if TYPE_CHECKING:
     from loadweaver.proxy.client import ClientConnection
@@ -180,9 +181,28 @@ class Exchange:
         )
         if route is None:
             return replies.NO_ROUTE if not self.has_body else _closing(replies.NO_ROUTE)
+        if route.limit is not None:
+            refused = self._rate_limited(route.limit)
+            if refused is not None:
+                return refused
         self.pool = snapshot.pools[route.pool]
         self.head = self._render_upstream_head(host)
         return None
+
+    def _rate_limited(self, limit: RouteLimit) -> LocalReply | None:
+        client = self.client
+        client_ip = client.client_ip
+        if limit.key == "client_ip" and client.trusted and self._forwarded_for_present():
+            forwarded_for = [value for name, value in self.special if name == b"x-forwarded-for"]
+            client_ip = client.trusted_proxies.real_client(client_ip, forwarded_for)
+        decision = limit.limiter.admit(limit.key_of(client_ip, self.headers))
+        if decision.allowed:
+            return None
+        client.metrics.rate_limited.labels(limit.policy).inc()
+        reply = replies.too_many_requests(
+            decision.limit, decision.remaining, decision.reset, decision.retry_after
+        )
+        return reply if not self.has_body else _closing(reply)
 
     def _render_upstream_head(self, host: bytes) -> bytes:
         """Host first, the client's end-to-end headers, then forwarding and framing headers."""

@@ -1,5 +1,6 @@
 """Responses the proxy writes itself: a status, a short plain-text body, a reason for metrics."""
 
+import math
 from dataclasses import dataclass
 from http import HTTPStatus
 
@@ -10,6 +11,7 @@ class LocalReply:
     reason: str  # a metric label: short, fixed vocabulary
     message: str  # the body: one sentence for a person
     close: bool = True
+    headers: bytes = b""  # extra header lines, each ending in CRLF
 
     def render(self, keep_alive: bool) -> bytes:
         body = (self.message + "\n").encode()
@@ -17,8 +19,8 @@ class LocalReply:
         connection = b"keep-alive" if keep_alive else b"close"
         return (
             b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
-            b"Content-Length: %d\r\nCache-Control: no-store\r\nConnection: %s\r\n\r\n%s"
-            % (self.status, phrase.encode(), len(body), connection, body)
+            b"Content-Length: %d\r\nCache-Control: no-store\r\n%sConnection: %s\r\n\r\n%s"
+            % (self.status, phrase.encode(), len(body), self.headers, connection, body)
         )
 
 
@@ -67,3 +69,15 @@ def no_backend(message: str) -> LocalReply:
 
 def bad_gateway(reason: str, message: str) -> LocalReply:
     return LocalReply(502, reason, message)
+
+
+def too_many_requests(limit: int, remaining: int, reset: float, retry_after: float) -> LocalReply:
+    """429 with the IETF RateLimit fields, in whole seconds rounded up, and Retry-After."""
+    headers = (
+        b"Retry-After: %d\r\nRateLimit-Limit: %d\r\nRateLimit-Remaining: %d\r\n"
+        b"RateLimit-Reset: %d\r\n"
+        % (max(1, math.ceil(retry_after)), limit, max(0, remaining), math.ceil(reset))
+    )
+    return LocalReply(
+        429, "rate_limited", "Too many requests: slow down and retry later.", False, headers
+    )

@@ -3,6 +3,8 @@
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from loadweaver.routing.rate_limit import RouteLimit
+
 Headers = Sequence[tuple[bytes, bytes]]
 Entry = tuple[str, bool, "CompiledRoute"]
 
@@ -17,6 +19,7 @@ class CompiledRoute:
     headers: tuple[tuple[bytes, bytes], ...]
     priority: int
     order: int
+    limit: RouteLimit | None = None
 
     @property
     def plain(self) -> bool:

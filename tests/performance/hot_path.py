@@ -14,8 +14,10 @@ import time
 
 import uvloop
 
+from loadweaver.cluster.memory import MemoryStore
 from loadweaver.config.loader import build_config
 from loadweaver.control.compiler import CompileResources, compile_snapshot
+from loadweaver.control.limiters import LimiterRegistry
 from loadweaver.control.loads import LoadRegistry
 from loadweaver.control.snapshot import SnapshotHolder
 from loadweaver.observability.metrics import Metrics
@@ -60,7 +62,10 @@ async def measure(requests: int) -> tuple[float, bytes, bytes]:
         },
         "hot_path",
     )
-    resources = CompileResources(PoolManager(loop), LoadRegistry(loop.time), b"hot-path-secret")
+    limiters = LimiterRegistry(MemoryStore(), lambda: 1, loop)
+    resources = CompileResources(
+        PoolManager(loop), LoadRegistry(loop.time), b"hot-path-secret", limiters
+    )
     holder = SnapshotHolder(compile_snapshot(config, 1, resources))
     context = ProxyContext(loop, holder, Metrics(), ConnectionRegistry(loop, holder))
     backend = holder.current.pools["app"].backends[0]

@@ -9,8 +9,10 @@ from loadweaver.balancing.base import NONE_AVAILABLE, PickContext
 from loadweaver.balancing.ip_hash import IpHash
 from loadweaver.balancing.round_robin import RoundRobin
 from loadweaver.balancing.sticky import CookieSigner, Sticky, StickyPolicy
+from loadweaver.cluster.memory import MemoryStore
 from loadweaver.config.loader import ConfigError, build_config, sticky_secret_from_environment
 from loadweaver.control.compiler import CompileResources, compile_snapshot
+from loadweaver.control.limiters import LimiterRegistry
 from loadweaver.control.loads import LoadRegistry
 from loadweaver.pool.manager import PoolManager
 from tests.support.balancing import FakeClock, make_backend
@@ -43,7 +45,8 @@ def test_ip_hash_with_its_only_backend_down_answers_at_once() -> None:
 
 def test_a_changed_sticky_ttl_applies_to_the_kept_session_table() -> None:
     loop = asyncio.new_event_loop()  # the pool manager needs one; nothing connects here
-    resources = CompileResources(PoolManager(loop), LoadRegistry(FakeClock()), b"f" * 32)
+    limiters = LimiterRegistry(MemoryStore(), lambda: 1, loop)
+    resources = CompileResources(PoolManager(loop), LoadRegistry(FakeClock()), b"f" * 32, limiters)
     loop.close()
     for ttl in ("1h", "10s"):
         config = build_config(

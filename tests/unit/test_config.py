@@ -177,7 +177,8 @@ def test_config_error_text_names_the_source_and_counts_problems() -> None:
         (
             {"poolz": {}},
             "poolz",
-            "admin, cluster, limits, listeners, logging, node, pools, rate_limits, routes, security",
+            "admin, cluster, limits, listeners, logging, node, pools, rate_limits, routes, "
+            "security",
         ),
         (
             pool_with(backendz=[]),
