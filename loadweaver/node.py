@@ -16,6 +16,7 @@ from loguru import logger
 from loadweaver import __version__
 from loadweaver.admin.auth import AdminTokenError, check_exposure, resolve_token
 from loadweaver.admin.server import AdminServer
+from loadweaver.balancing.sticky import MemorySessionTable, SessionTable, SharedSessions
 from loadweaver.cluster.factory import build_store
 from loadweaver.cluster.state import DYNAMIC_SECTIONS, StoredConfig
 from loadweaver.cluster.store import (
@@ -44,6 +45,7 @@ from loadweaver.control.limiters import LimiterRegistry
 from loadweaver.control.loads import LoadRegistry
 from loadweaver.control.overrides import Composition, compose
 from loadweaver.control.ramps import refresh_ramping_pools
+from loadweaver.control.shared_sessions import SharedSessionTable
 from loadweaver.control.snapshot import Snapshot, SnapshotHolder
 from loadweaver.control.watcher import watch_config_files
 from loadweaver.observability.live_stats import LiveStats
@@ -118,6 +120,7 @@ class Node:
             loads=LoadRegistry(loop.time),
             fallback_secret=node_secret.encode() if node_secret else os.urandom(32),
             limiters=LimiterRegistry(self.store, lambda: self.live_nodes, loop),
+            session_tables=self._session_table_factory(loop),
         )
         self.admin_token = self._admin_token(self.file_config)
         await self._load_stored()
@@ -150,6 +153,14 @@ class Node:
         gc.freeze()
         self.ready = True
         logger.info("node {} ready (config version {})", self.config.node.id, self.version)
+
+    def _session_table_factory(
+        self, loop: asyncio.AbstractEventLoop
+    ) -> Callable[[str, float], SessionTable | SharedSessions]:
+        """Header sessions live in the cluster store when there is one to share."""
+        if self.store.kind == "memory":
+            return lambda _, ttl: MemorySessionTable(ttl)
+        return lambda pool, ttl: SharedSessionTable(self.store, pool, ttl, loop)
 
     @property
     def version(self) -> int:

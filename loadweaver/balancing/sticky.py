@@ -27,12 +27,30 @@ MAX_SESSIONS = 100_000  # per pool and node; the least recently used are forgott
 class SessionTable(Protocol):
     """Session key -> backend name, with a sliding time to live."""
 
+    ttl: float
+
+    @property
+    def consistent_placement(self) -> bool:
+        """True: place new sessions by hashing their key, not by the pool's algorithm."""
+        ...
+
     def get(self, key: str) -> str | None: ...
+
     def put(self, key: str, backend: str) -> None: ...
+
+
+class SharedSessions(SessionTable, Protocol):
+    """A session table other nodes share, which a request may consult before its pick."""
+
+    def cached(self, key: str) -> bool: ...
+
+    async def fetch(self, key: str) -> None: ...
 
 
 class MemorySessionTable:
     """A bounded LRU table in this process; expired entries read as absent."""
+
+    consistent_placement = False  # one node: its own algorithm decides
 
     def __init__(
         self, ttl: float, limit: int = MAX_SESSIONS, clock: Callable[[], float] = time.monotonic
@@ -113,6 +131,7 @@ class StickyPolicy:
         self.cookie = cookie
         self.header = header
         self.signer = CookieSigner(secret, pool)
+        self.shared: SharedSessions | None = None  # header sessions kept in the cluster store
         self._cookie_prefix = f"{cookie}=".encode() if cookie else b""
         self._header = header.lower().encode() if header else b""
 
@@ -170,10 +189,21 @@ class Sticky:
                 # Slide an active session's cookie; a draining backend's sessions run out.
                 self._remember(ctx, pinned)
             return pinned
-        picked = self.inner.pick(ctx, avoid)
+        if ctx.session is not None and self.sessions.consistent_placement:
+            picked = self._hashed(ctx.session, avoid)
+        else:
+            picked = self.inner.pick(ctx, avoid)
         if isinstance(picked, Backend):
             self._remember(ctx, picked)
         return picked
+
+    def _hashed(self, session: str, avoid: Collection[Backend]) -> Backend | NoBackend:
+        """Rendezvous hashing: every node with the same backends picks the same one."""
+        usable = [b for b in self._by_name.values() if b.available and b not in avoid]
+        candidates = [b for b in usable if not b.backup] or usable
+        if not candidates:
+            return self.inner.pick(PickContext("", session), avoid)
+        return max(candidates, key=lambda backend: _rendezvous(session, backend.name))
 
     def _pinned(self, session: str | None) -> tuple[Backend | None, float]:
         """The session's backend and, for cookies, the seconds its cookie has left."""
@@ -202,6 +232,11 @@ class Sticky:
 
     def on_release(self, backend: Backend) -> None:
         self.inner.on_release(backend)
+
+
+def _rendezvous(session: str, backend: str) -> int:
+    digest = hashlib.blake2b(f"{session}\0{backend}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
 
 
 def _b64(data: bytes) -> str:

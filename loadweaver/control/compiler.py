@@ -1,10 +1,17 @@
 """Turns a validated Config into a Snapshot, reusing connection pools that did not change."""
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeGuard
 
 from loadweaver.balancing.base import Backend
 from loadweaver.balancing.registry import create_strategy
-from loadweaver.balancing.sticky import MemorySessionTable, SessionTable, StickyPolicy
+from loadweaver.balancing.sticky import (
+    MemorySessionTable,
+    SessionTable,
+    SharedSessions,
+    StickyPolicy,
+)
 from loadweaver.config.addresses import parse_bind, parse_upstream_url
 from loadweaver.config.models import Config, Listener, Pool, Route, StickyConfig
 from loadweaver.control.limiters import LimiterRegistry
@@ -26,7 +33,11 @@ class CompileResources:
     loads: LoadRegistry
     fallback_secret: bytes  # signs sticky cookies when a pool has no secret of its own
     limiters: LimiterRegistry
-    sessions: dict[str, MemorySessionTable] = field(default_factory=dict)
+    # Makes a pool's header-session table; the default keeps sessions in this process only.
+    session_tables: Callable[[str, float], SessionTable | SharedSessions] = lambda _, ttl: (
+        MemorySessionTable(ttl)
+    )
+    sessions: dict[str, SessionTable | SharedSessions] = field(default_factory=dict)
 
 
 def compile_snapshot(config: Config, version: int, resources: CompileResources) -> Snapshot:
@@ -107,6 +118,8 @@ def _compile_pool(name: str, pool: Pool, resources: CompileResources) -> PoolRun
         )
     sticky = _sticky_policy(name, pool.sticky, resources) if pool.sticky else None
     sessions = _session_table(name, pool.sticky, resources) if pool.sticky else None
+    if sticky is not None and sticky.header and _is_shared(sessions):
+        sticky.shared = sessions
     strategy = create_strategy(pool.algorithm, backends, sticky, sessions)
     return PoolRuntime(
         name=name,
@@ -124,13 +137,19 @@ def _sticky_policy(pool: str, sticky: StickyConfig, resources: CompileResources)
     return StickyPolicy(pool, sticky.ttl, secret, cookie=sticky.cookie, header=sticky.header)
 
 
-def _session_table(pool: str, sticky: StickyConfig, resources: CompileResources) -> SessionTable:
+def _session_table(
+    pool: str, sticky: StickyConfig, resources: CompileResources
+) -> SessionTable | SharedSessions:
     """Header sessions outlive snapshots: a reload must not re-pin every session."""
     table = resources.sessions.get(pool)
     if table is None:
-        table = resources.sessions[pool] = MemorySessionTable(sticky.ttl)
+        table = resources.sessions[pool] = resources.session_tables(pool, sticky.ttl)
     table.ttl = sticky.ttl  # a changed ttl applies to the sessions kept
     return table
+
+
+def _is_shared(table: object) -> TypeGuard[SharedSessions]:
+    return hasattr(table, "fetch")
 
 
 def _route_limit(route: Route, config: Config, resources: CompileResources) -> RouteLimit | None:

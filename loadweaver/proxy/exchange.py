@@ -32,6 +32,7 @@ from loadweaver.proxy.replies import LocalReply, RequestRejectedError
 from loadweaver.routing.rate_limit import RouteLimit
 
 if TYPE_CHECKING:
+    from loadweaver.balancing.sticky import SharedSessions
     from loadweaver.proxy.client import ClientConnection
 
 REPLAY_LIMIT = 64 * 1024  # request bytes kept so a stale keep-alive failure can be replayed
@@ -263,6 +264,22 @@ class Exchange:
             self.total_deadline = now + pool.total_timeout
         # Until a connection is attached, this bounds the wait for a free slot in the pool.
         self.deadline = now + pool.response_timeout
+        sticky = pool.sticky
+        if sticky is not None and sticky.shared is not None:
+            session = sticky.session_of(self.headers)
+            if session is not None and not sticky.shared.cached(session):
+                # A session this node has not seen may be pinned on another: ask first.
+                self.client.loop.create_task(self._start_after_lookup(sticky.shared, session))
+                return
+        self._pick_and_go(pool)
+
+    async def _start_after_lookup(self, shared: "SharedSessions", session: str) -> None:
+        await shared.fetch(session)
+        pool = self.pool
+        if not self.finished and pool is not None:
+            self._pick_and_go(pool)
+
+    def _pick_and_go(self, pool: PoolRuntime) -> None:
         client = self.client
         if pool.sticky is None and not (client.trusted and self._forwarded_for_present()):
             picked = pool.strategy.pick(

@@ -500,8 +500,11 @@ def test_a_header_session_on_a_backend_in_maintenance_moves_and_stays_moved() ->
 class DictTable:
     """A session store other than the memory table, as the cluster store will be."""
 
+    consistent_placement = False
+
     def __init__(self) -> None:
         self.entries: dict[str, str] = {}
+        self.ttl = 60.0
 
     def get(self, key: str) -> str | None:
         return self.entries.get(key)
