@@ -240,13 +240,33 @@ class Node:
         return True
 
     async def _check_cluster(self) -> None:
-        """Anti-entropy: catch up with the store, and as leader republish a stale file layer."""
+        """Anti-entropy: catch up with the store; as leader, repair what the store lost."""
         await self.sync_from_store()
         with contextlib.suppress(StoreError):
             self.live_nodes = max(1, len(await self.store.members()))
         lease = self.leadership.lease
-        if lease is not None and self.stored.base != own_dynamic(self.file_config):
+        if lease is None:
+            return
+        if self.stored.base != own_dynamic(self.file_config):
             await self._publish_as_leader(lease)
+        await self._reseed_if_lost(lease)
+
+    async def _reseed_if_lost(self, lease: Lease) -> None:
+        """A store restarted without its data holds an older version than the nodes: the leader
+        writes its record back, above every version the nodes have seen."""
+        try:
+            found = await self.store.load()
+            if found.version >= self.version:
+                return
+            async with self._apply_lock:
+                version = await self.store.save(
+                    self.stored, found.version, lease, min_version=self.version + 1
+                )
+                self._adopt(self.stored, version)
+        except StoreError as error:
+            logger.debug("re-seeding the cluster store failed: {}", error)
+            return
+        logger.warning("the cluster store had lost the config: re-seeded it as version {}", version)
 
     async def _publish_as_leader(self, lease: Lease) -> None:
         async with self._apply_lock:

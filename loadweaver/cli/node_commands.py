@@ -30,8 +30,6 @@ def start(path: Path | None, redis_url: str | None, workers: int) -> int:
     except LoggingSetupError as error:
         logger.error("{}", error)
         return 1
-    if config.cluster.redis_url:
-        logger.warning("the Redis cluster store is not available yet; this node runs on its own")
     if workers == 1:
         return _serve(loaded, path, reuse_port=False, serve_admin=True)
     if not config.node.state_dir:

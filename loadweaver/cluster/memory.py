@@ -54,14 +54,18 @@ class MemoryStore:
         return self._state
 
     async def save(
-        self, state: StoredConfig, expected_version: int, fence: Lease | None = None
+        self,
+        state: StoredConfig,
+        expected_version: int,
+        fence: Lease | None = None,
+        min_version: int = 0,
     ) -> int:
         if fence is not None and not self._holds(fence):
             raise FencedOutError(f"lease {fence.token} of {fence.node_id} is no longer current")
         if expected_version != self._state.version:
             raise VersionConflictError(expected_version, self._state.version)
         new = StoredConfig(
-            version=expected_version + 1,
+            version=max(expected_version + 1, min_version),
             pools=state.pools,
             routes=state.routes,
             rate_limits=state.rate_limits,

@@ -85,7 +85,11 @@ class RedisStore:
             raise StoreError(message) from None
 
     async def save(
-        self, state: StoredConfig, expected_version: int, fence: Lease | None = None
+        self,
+        state: StoredConfig,
+        expected_version: int,
+        fence: Lease | None = None,
+        min_version: int = 0,
     ) -> int:
         keys = self._keys
         record = encode({k: v for k, v in state.to_json().items() if k != "version"})
@@ -94,7 +98,7 @@ class RedisStore:
             "writing the config",
             lambda: self._save(
                 keys=[keys.config, keys.lease],
-                args=[expected_version, fence_value, record, keys.events],
+                args=[expected_version, fence_value, record, keys.events, min_version],
             ),
         )
         if outcome == -1:

@@ -7,7 +7,7 @@ SCRIPT FLUSH)."""
 SAVE_CONFIG = """
 -- KEYS[1]: config hash (version, record)     KEYS[2]: leader lease key
 -- ARGV[1]: expected version   ARGV[2]: fence "<node>:<token>" or ""   ARGV[3]: record
--- ARGV[4]: pub/sub channel
+-- ARGV[4]: pub/sub channel   ARGV[5]: the lowest new version allowed (re-seeding after data loss)
 -- Returns {1, new version} | {0, current version} on a conflict | {-1, current} if fenced out
 local current = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
 if ARGV[2] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[2] then
@@ -16,7 +16,7 @@ end
 if current ~= tonumber(ARGV[1]) then
   return {0, current}
 end
-local new = current + 1
+local new = math.max(current + 1, tonumber(ARGV[5]))
 redis.call('HSET', KEYS[1], 'version', new, 'record', ARGV[3])
 redis.call('PUBLISH', ARGV[4], new)
 return {1, new}

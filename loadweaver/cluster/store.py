@@ -70,9 +70,15 @@ class ClusterStore(Protocol):
         ...
 
     async def save(
-        self, state: StoredConfig, expected_version: int, fence: Lease | None = None
+        self,
+        state: StoredConfig,
+        expected_version: int,
+        fence: Lease | None = None,
+        min_version: int = 0,
     ) -> int:
-        """Writes `state` if the record is still at `expected_version`; returns the new version.
+        """Writes `state` if the record is still at `expected_version`; returns the new version,
+        one above the old or `min_version`, whichever is higher (a leader re-seeding a store that
+        lost its data must not go back to versions the nodes have seen).
 
         Raises VersionConflictError, or FencedOutError when `fence` is not the current lease.
         Other nodes hear of the change through `changes()`.

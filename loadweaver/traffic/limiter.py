@@ -179,6 +179,7 @@ class _Lease:
     sampled_at: float  # start of the window `requests` counts
     requests: int = 0
     demand: float = 0.0  # requests per second, smoothed; 0 until the first sample
+    low_water: int = 0  # refill once the stock is down to this (sized with the batch)
     next_call_at: float = 0.0  # the shared bucket was dry: no call before this
     token_at: float = 0.0  # when the shared bucket expected its next token
     refill: asyncio.Task[None] | None = None
@@ -219,7 +220,7 @@ class ClusterLimiter:
         self._tasks: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.Task[None] | None = None
         self._call_slots = asyncio.Semaphore(MAX_CALLS_IN_FLIGHT)
-        self._fallback: LocalLimiter | None = None  # set while the store is down
+        self._fallback: LocalLimiter | None = None  # while the store is down; after close()
         self._next_probe_at = 0.0
         self._closed = False
         self.store_calls = 0
@@ -230,7 +231,9 @@ class ClusterLimiter:
         return len(self._leases)
 
     @property
-    def store_up(self) -> bool:
+    def leasing(self) -> bool:
+        """Whether decisions spend leased tokens: False while the store is down, and after
+        close()."""
         return self._fallback is None
 
     # ---- the hot path
@@ -239,7 +242,7 @@ class ClusterLimiter:
         now = self._clock()
         lease = self._use(key, now)
         lease.requests += 1
-        if self._fallback is not None:
+        if self._fallback is not None:  # the store is down, or this limiter closed
             decision = self._admit_without_store(key, lease, now)
         else:
             allowed = self._spend(lease, now)
@@ -301,7 +304,7 @@ class ClusterLimiter:
     def _refill_if_low(self, key: str, lease: _Lease, now: float) -> None:
         if lease.refill is not None or self._closed:
             return
-        if lease.stock > self.plan.low_water(self.plan.batch(lease.demand)):
+        if lease.stock > lease.low_water:
             return
         if now >= lease.next_call_at:
             self._start_refill(key, lease)  # also when a timer is set: it may run late
@@ -353,8 +356,10 @@ class ClusterLimiter:
         sample = lease.requests / max(now - lease.sampled_at, MIN_DEMAND_WINDOW)
         lease.demand = sample if lease.demand == 0 else (lease.demand + sample) / 2
         lease.requests, lease.sampled_at = 0, now
+        batch = self.plan.batch(lease.demand)
+        lease.low_water = self.plan.low_water(batch)
         # The batch plus any debt; a probe during an outage may ask for nothing.
-        return max(0, self.plan.batch(lease.demand) - lease.stock)
+        return max(0, batch - lease.stock)
 
     def _apply(self, lease: _Lease, want: int, grant: Grant) -> None:
         now = self._clock()
@@ -482,6 +487,8 @@ class ClusterLimiter:
             await asyncio.wait(calls)
 
     async def close(self) -> None:
+        """Stops the background work and gives leased tokens back. Requests still admitted
+        afterwards are decided as without the store (by `on_store_error`)."""
         if self._closed:
             return
         self._closed = True
@@ -494,6 +501,7 @@ class ClusterLimiter:
         leases, self._leases = list(self._leases.items()), OrderedDict()
         if self._fallback is None:
             await self._settle_all([(key, lease) for key, lease in leases if lease.stock != 0])
+            self._fallback = self._local_share()
 
     async def _finish_tasks(self) -> None:
         """Lets calls in flight land (their tokens are given back next), then cancels the rest."""
