@@ -6,11 +6,13 @@ lease live only in memory: on one node they need not outlive the process.
 """
 
 import asyncio
+import fcntl
 import json
 import os
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -62,17 +64,12 @@ class MemoryStore:
     ) -> int:
         if fence is not None and not self._holds(fence):
             raise FencedOutError(f"lease {fence.token} of {fence.node_id} is no longer current")
-        if expected_version != self._state.version:
-            raise VersionConflictError(expected_version, self._state.version)
-        new = StoredConfig(
-            version=max(expected_version + 1, min_version),
-            pools=state.pools,
-            routes=state.routes,
-            rate_limits=state.rate_limits,
-            base=state.base,
-        )
-        if self.path is not None:
-            await asyncio.to_thread(_write, self.path, new)
+        if self.path is None:
+            new = _next_record(self._state, state, expected_version, min_version)
+        else:
+            new = await asyncio.to_thread(
+                _save_file, self.path, state, expected_version, min_version
+            )
         self._state = new
         for queue in self._subscribers:
             queue.put_nowait(new.version)
@@ -162,6 +159,33 @@ class MemoryStore:
 
     async def close(self) -> None:
         self._subscribers.clear()
+
+
+def _next_record(
+    current: StoredConfig, state: StoredConfig, expected_version: int, min_version: int
+) -> StoredConfig:
+    if expected_version != current.version:
+        raise VersionConflictError(expected_version, current.version)
+    return replace(state, version=max(expected_version + 1, min_version))
+
+
+def _save_file(
+    path: Path, state: StoredConfig, expected_version: int, min_version: int
+) -> StoredConfig:
+    """Compare-and-set against the file itself, under a lock: processes sharing a state dir
+    (workers of one node) cannot overwrite each other's change."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = os.open(path.with_name(f".{path.name}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as error:
+        raise StoreError(f"cannot write the state file {path}: {error.strerror}") from None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        new = _next_record(_read(path), state, expected_version, min_version)
+        _write(path, new)
+        return new
+    finally:
+        os.close(lock)  # closing releases the lock
 
 
 def _read(path: Path) -> StoredConfig:

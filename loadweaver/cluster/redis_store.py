@@ -10,7 +10,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from loadweaver.cluster import scripts
 from loadweaver.cluster.breaker import CircuitBreaker
@@ -61,10 +63,13 @@ class RedisStore:
             raise StoreError(f"the cluster store is down ({self.description}); {what} skipped")
         try:
             result = await operation()
-        except (RedisError, OSError, TimeoutError) as error:
+        except (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError) as error:
             reason = f"{type(error).__name__}: {error}"
             self.breaker.failed(reason)
             raise StoreError(f"the cluster store is unreachable ({what}: {reason})") from None
+        except RedisError as error:  # an answer, though an error: the store itself is up
+            self.breaker.succeeded()
+            raise StoreError(f"the cluster store refused {what}: {error}") from None
         self.breaker.succeeded()
         return result
 
@@ -129,7 +134,7 @@ class RedisStore:
             "heartbeat",
             lambda: self._heartbeat(
                 keys=[keys.members, keys.member_expiries],
-                args=[node_id, encode(record), int(ttl * 1000)],
+                args=[node_id, encode(record), _milliseconds(ttl)],
             ),
         )
 
@@ -159,7 +164,9 @@ class RedisStore:
         keys = self._keys
         token = await self._call(
             "acquiring the lease",
-            lambda: self._acquire(keys=[keys.lease, keys.fence], args=[node_id, int(ttl * 1000)]),
+            lambda: self._acquire(
+                keys=[keys.lease, keys.fence], args=[node_id, _milliseconds(ttl)]
+            ),
         )
         return Lease(node_id, int(token)) if token else None
 
@@ -168,7 +175,7 @@ class RedisStore:
         value = f"{lease.node_id}:{lease.token}"
         renewed = await self._call(
             "renewing the lease",
-            lambda: self._renew(keys=[keys.lease], args=[value, int(ttl * 1000)]),
+            lambda: self._renew(keys=[keys.lease], args=[value, _milliseconds(ttl)]),
         )
         return bool(renewed)
 
@@ -190,14 +197,14 @@ class RedisStore:
     async def session_get(self, pool: str, key: str, ttl: float) -> str | None:
         name = self._keys.session(pool, key)
         raw = await self._call(
-            "reading a session", lambda: self._client.getex(name, px=int(ttl * 1000))
+            "reading a session", lambda: self._client.getex(name, px=_milliseconds(ttl))
         )
         return _as_bytes(raw).decode() if raw else None
 
     async def session_set(self, pool: str, key: str, backend: str, ttl: float) -> None:
         name = self._keys.session(pool, key)
         await self._call(
-            "pinning a session", lambda: self._client.set(name, backend, px=int(ttl * 1000))
+            "pinning a session", lambda: self._client.set(name, backend, px=_milliseconds(ttl))
         )
 
     # ---- rate limits ----
@@ -208,7 +215,7 @@ class RedisStore:
         name = self._keys.bucket(bucket)
         granted, left, wait = await self._call(
             "taking tokens",
-            lambda: self._take(keys=[name], args=[rate, capacity, want, int(idle_ttl * 1000)]),
+            lambda: self._take(keys=[name], args=[rate, capacity, want, _milliseconds(idle_ttl)]),
         )
         return Grant(int(granted), int(left) / 1000, int(wait) / 1000)
 
@@ -223,3 +230,7 @@ class RedisStore:
 
 def _as_bytes(value: bytes | str) -> bytes:
     return value.encode() if isinstance(value, str) else value
+
+
+def _milliseconds(seconds: float) -> int:
+    return max(1, int(seconds * 1000))  # Redis refuses an expiry of 0

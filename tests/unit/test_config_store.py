@@ -1,37 +1,576 @@
 """The pieces behind API changes, without a node: every ClusterStore against one conformance
-suite, how file config and API overrides compose, the admin token rules, secret redaction, and the
-latency percentiles of the per-backend stats."""
+suite, the state file of the memory store, how file config and API overrides compose, the admin
+token rules, secret redaction, and the latency percentiles of the per-backend stats.
 
+The conformance suite runs each test on MemoryStore without a state dir, MemoryStore with one and
+RedisStore on a real redis-server. Timings use TTLs of a few tenths of a second; every check that
+something is *still* there leaves a margin of seconds, and every check that something is *gone*
+waits well past its TTL, so a loaded machine makes the suite slower, not flaky.
+"""
+
+import asyncio
 import errno
 import itertools
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
+import re
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio
 
 from loadweaver.admin.auth import AdminTokenError, check_exposure, resolve_token, token_matches
+from loadweaver.cluster.connection import Timeouts
+from loadweaver.cluster.keys import KeySchema
 from loadweaver.cluster.memory import STATE_FILE_NAME, MemoryStore
+from loadweaver.cluster.redis_store import RedisStore
 from loadweaver.cluster.state import Override, StoredConfig, fingerprint
-from loadweaver.cluster.store import ClusterStore, StoreError
+from loadweaver.cluster.store import (
+    ClusterStore,
+    FencedOutError,
+    Lease,
+    StoreError,
+    VersionConflictError,
+)
 from loadweaver.config.models import AdminConfig, StickyConfig
 from loadweaver.control.overrides import compose, record_changes
 from loadweaver.control.redaction import REDACTED, RedactionError, redact_config, restore_secrets
 from loadweaver.observability.backend_stats import LATENCY_BOUNDS, BackendStats, percentile
+from tests.support.redis_server import RedisServer
 
 # ---- every ClusterStore: one conformance suite ----
 
+# Generous for a loopback server, so a loaded CI machine does not turn slowness into failures.
+REDIS_TIMEOUTS = Timeouts(command=0.5, connect=0.5)
+FEED_TIMEOUT = 2.0  # how long a change may take to arrive on a feed
+LONG_TTL = 10.0  # outlives any test: what must still be there is there by a wide margin
+
 
 @dataclass(frozen=True)
-class Implementation:
-    """How to open a store of one kind on the storage under a directory."""
+class Storage:
+    """A store of one kind over fresh storage, and ways to reach that storage again."""
 
     name: str
-    open: Callable[[Path], ClusterStore]  # a new store over the same storage each call
-    persistent: bool  # a new store sees what an earlier one saved
-    break_writes: Callable[[pytest.MonkeyPatch], None] | None  # makes the next save fail
+    store: ClusterStore
+    reopen: Callable[[], ClusterStore]  # a new store over the same storage
+    persistent: bool  # a reopened store sees what this one saved
+    announcer: ClusterStore  # whose saves reach `store.changes()`
+    until_subscribed: Callable[[], Awaitable[None]]  # returns once a started feed listens
+
+
+STORE_KINDS = ["memory", "memory-with-state-dir", "redis"]
+
+
+@pytest.fixture(params=STORE_KINDS)
+async def storage(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Storage]:
+    opened: list[ClusterStore] = []
+
+    def track(store: ClusterStore) -> ClusterStore:
+        opened.append(store)
+        return store
+
+    if request.param == "redis":
+        server: RedisServer = request.getfixturevalue("fresh_redis")
+        cluster = re.sub(r"[^A-Za-z0-9_.-]", "-", request.node.nodeid)  # one cluster per test
+        client = redis.asyncio.Redis.from_url(server.url)
+        store = track(RedisStore(server.url, cluster, REDIS_TIMEOUTS))
+        yield Storage(
+            name=request.param,
+            store=store,
+            reopen=lambda: track(RedisStore(server.url, cluster, REDIS_TIMEOUTS)),
+            persistent=True,
+            announcer=track(RedisStore(server.url, cluster, REDIS_TIMEOUTS)),
+            until_subscribed=lambda: until_subscribed(client, KeySchema(cluster).events),
+        )
+        await client.aclose()
+    else:
+        directory = tmp_path / "state" if request.param == "memory-with-state-dir" else None
+        store = track(MemoryStore(directory))
+        yield Storage(
+            name=request.param,
+            store=store,
+            reopen=lambda: track(MemoryStore(directory)),
+            persistent=directory is not None,
+            announcer=store,  # one process: its own saves are the only ones it announces
+            until_subscribed=next_loop_turn,
+        )
+    for opened_store in opened:
+        await opened_store.close()
+
+
+async def until_subscribed(client: redis.asyncio.Redis, channel: str) -> None:
+    for _ in range(200):
+        [(_, listeners)] = await client.pubsub_numsub(channel)
+        if listeners:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"nothing subscribed to {channel} within 2 s")
+
+
+async def next_loop_turn() -> None:
+    """A memory feed subscribes as soon as the task awaiting its first item runs once."""
+    await asyncio.sleep(0)
+
+
+async def close_feed(feed: AsyncIterator[int]) -> None:
+    if isinstance(feed, AsyncGenerator):
+        await feed.aclose()
+
+
+async def sleep_past(start: float, seconds: float) -> None:
+    """Sleeps until `seconds` have passed since `start` (a time.monotonic reading)."""
+    await asyncio.sleep(max(0.0, start + seconds - time.monotonic()))
+
+
+async def eventually_async(
+    condition: Callable[[], Awaitable[bool]], timeout: float = 3.0, message: str = ""
+) -> None:
+    """`eventually` for a condition that must ask the store: polls every 20 ms."""
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(message or "condition not reached in time")
+        await asyncio.sleep(0.02)
+
+
+def stored_record() -> StoredConfig:
+    """A record with every kind of part: a changed pool, a deleted one, the routes, the rate
+    limits and the leader's file layer. Its version is whatever; `save` sets the real one."""
+    base = {
+        "pools": {"app": {"backends": [{"name": "b0", "url": "http://10.0.0.1:80"}]}},
+        "routes": [{"name": "all", "pool": "app"}],
+        "rate_limits": {"per_ip": {"rate": 10.0, "burst": 20}},
+    }
+    return StoredConfig(
+        version=7,
+        pools={
+            "app": Override({"backends": [{"name": "b1", "url": "http://10.0.0.1:80"}]}, "f1"),
+            "gone": Override(None, fingerprint({"algorithm": "random"})),
+        },
+        routes=Override([{"name": "all", "pool": "app"}], fingerprint(None)),
+        rate_limits=Override(
+            {"per_route": {"key": "route", "rate": 2.5, "period": 60.0, "burst": 5}},
+            fingerprint(base["rate_limits"]),
+        ),
+        base=base,
+    )
+
+
+def smaller_record() -> StoredConfig:
+    return StoredConfig(pools={"other": Override({"algorithm": "p2c"}, "f2")})
+
+
+def at_version(state: StoredConfig, version: int) -> StoredConfig:
+    return replace(state, version=version)
+
+
+def test_each_store_says_what_it_is(storage: Storage) -> None:
+    assert storage.store.kind in ("memory", "redis")
+    assert storage.store.description.startswith(storage.store.kind)
+
+
+# -- the config record --
+
+
+async def test_a_store_with_nothing_saved_loads_an_empty_record(storage: Storage) -> None:
+    record = await storage.store.load()
+    assert record == StoredConfig()
+    assert (record.version, dict(record.pools), record.routes, record.rate_limits) == (
+        0,
+        {},
+        None,
+        None,
+    )
+    assert record.base is None
+
+
+async def test_a_saved_record_loads_back_unchanged_at_the_next_version(storage: Storage) -> None:
+    assert await storage.store.save(stored_record(), 0) == 1
+    assert await storage.store.load() == at_version(stored_record(), 1)
+    reopened = await storage.reopen().load()
+    assert reopened == (at_version(stored_record(), 1) if storage.persistent else StoredConfig())
+
+
+async def test_a_later_save_replaces_the_whole_record(storage: Storage) -> None:
+    version = await storage.store.save(stored_record(), 0)
+    await storage.store.save(smaller_record(), version)
+    assert await storage.store.load() == at_version(smaller_record(), 2)
+    if storage.persistent:
+        assert await storage.reopen().load() == at_version(smaller_record(), 2)
+
+
+async def test_each_save_returns_the_version_one_above_the_one_it_expected(
+    storage: Storage,
+) -> None:
+    versions = [0]
+    for _ in range(3):
+        versions.append(await storage.store.save(stored_record(), versions[-1]))
+    assert versions == [0, 1, 2, 3]
+    assert (await storage.store.load()).version == 3, "the version in the saved state is ignored"
+
+
+@pytest.mark.parametrize("expected", [0, 1, 3, 99], ids=["stale", "older", "ahead", "far-ahead"])
+async def test_a_save_expecting_another_version_is_a_conflict_naming_the_current_one(
+    storage: Storage, expected: int
+) -> None:
+    await storage.store.save(stored_record(), 0)
+    await storage.store.save(stored_record(), 1)
+    with pytest.raises(VersionConflictError) as caught:
+        await storage.store.save(smaller_record(), expected)
+    assert (caught.value.expected, caught.value.found) == (expected, 2)
+    assert str(caught.value) == f"the cluster config is at version 2, not {expected}"
+    assert await storage.store.load() == at_version(stored_record(), 2), "nothing was written"
+
+
+async def test_of_two_writers_that_read_the_same_version_only_the_first_succeeds(
+    storage: Storage,
+) -> None:
+    other = storage.reopen() if storage.persistent else storage.store
+    assert (await storage.store.load()).version == (await other.load()).version == 0
+    assert await storage.store.save(stored_record(), 0) == 1
+    with pytest.raises(VersionConflictError) as caught:
+        await other.save(smaller_record(), 0)
+    assert caught.value.found == 1
+    assert await storage.store.load() == at_version(stored_record(), 1)
+
+
+# -- fencing: leader-only writes --
+
+
+async def test_the_lease_holder_saves_with_its_lease_as_the_fence(storage: Storage) -> None:
+    lease = await storage.store.acquire_lease("n1", LONG_TTL)
+    assert lease is not None
+    assert await storage.store.save(stored_record(), 0, fence=lease) == 1
+    assert await storage.store.save(smaller_record(), 1, fence=lease) == 2
+    assert await storage.store.load() == at_version(smaller_record(), 2)
+
+
+async def test_a_released_lease_no_longer_fences_a_save(storage: Storage) -> None:
+    lease = await storage.store.acquire_lease("n1", LONG_TTL)
+    assert lease is not None
+    await storage.store.save(stored_record(), 0, fence=lease)
+    await storage.store.release_lease(lease)
+    with pytest.raises(FencedOutError):
+        await storage.store.save(smaller_record(), 1, fence=lease)
+    assert await storage.store.load() == at_version(stored_record(), 1), "nothing was written"
+
+
+@pytest.mark.parametrize("holder", [None, "n1"], ids=["nobody-leads", "another-leads"])
+async def test_a_lease_that_was_never_granted_is_fenced_out(
+    storage: Storage, holder: str | None
+) -> None:
+    if holder is not None:
+        assert await storage.store.acquire_lease(holder, LONG_TTL) is not None
+    with pytest.raises(FencedOutError):
+        await storage.store.save(stored_record(), 0, fence=Lease("ghost", 999))
+    assert await storage.store.load() == StoredConfig()
+
+
+async def test_a_lease_of_an_earlier_term_is_fenced_out_even_for_the_same_node(
+    storage: Storage,
+) -> None:
+    first = await storage.store.acquire_lease("n1", LONG_TTL)
+    assert first is not None
+    await storage.store.release_lease(first)
+    second = await storage.store.acquire_lease("n1", LONG_TTL)
+    assert second is not None
+    with pytest.raises(FencedOutError):
+        await storage.store.save(stored_record(), 0, fence=first)
+    assert await storage.store.save(stored_record(), 0, fence=second) == 1
+
+
+async def test_saves_without_a_fence_ignore_the_lease(storage: Storage) -> None:
+    assert await storage.store.acquire_lease("n1", LONG_TTL) is not None
+    assert await storage.store.save(stored_record(), 0) == 1
+
+
+# -- the change feed --
+
+
+async def test_changes_yields_each_version_another_writer_saves(storage: Storage) -> None:
+    feed = storage.store.changes()
+    try:
+        first = asyncio.ensure_future(anext(feed))
+        await storage.until_subscribed()
+        version = await storage.announcer.save(stored_record(), 0)
+        assert await asyncio.wait_for(first, FEED_TIMEOUT) == version == 1
+        version = await storage.announcer.save(smaller_record(), version)
+        assert await asyncio.wait_for(anext(feed), FEED_TIMEOUT) == version == 2
+    finally:
+        await close_feed(feed)
+
+
+async def test_a_conflicting_save_announces_nothing(storage: Storage) -> None:
+    feed = storage.store.changes()
+    try:
+        first = asyncio.ensure_future(anext(feed))
+        await storage.until_subscribed()
+        await storage.announcer.save(stored_record(), 0)
+        assert await asyncio.wait_for(first, FEED_TIMEOUT) == 1
+        with pytest.raises(VersionConflictError):
+            await storage.announcer.save(stored_record(), 0)
+        await storage.announcer.save(stored_record(), 1)
+        assert await asyncio.wait_for(anext(feed), FEED_TIMEOUT) == 2, "no version in between"
+    finally:
+        await close_feed(feed)
+
+
+# -- membership --
+
+
+def by_id(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(records, key=lambda record: str(record["id"]))
+
+
+def member(node_id: str, **extra: Any) -> dict[str, Any]:
+    return {"id": node_id, "admin": f"127.0.0.1:{9000 + len(node_id)}", "version": 3, **extra}
+
+
+async def test_members_lists_the_records_of_nodes_that_sent_a_heartbeat(storage: Storage) -> None:
+    assert await storage.store.members() == []
+    n2 = member("n2", pools=["app", "other"], load={"app": 0.5})
+    await storage.store.heartbeat("n1", member("n1"), LONG_TTL)
+    await storage.store.heartbeat("n2", n2, LONG_TTL)
+    assert by_id(await storage.store.members()) == [member("n1"), n2]
+
+
+async def test_a_new_heartbeat_replaces_the_node_record(storage: Storage) -> None:
+    await storage.store.heartbeat("n1", member("n1"), LONG_TTL)
+    await storage.store.heartbeat("n1", member("n1", version=4), LONG_TTL)
+    assert await storage.store.members() == [member("n1", version=4)]
+
+
+async def test_a_member_disappears_once_its_heartbeat_ttl_passes(storage: Storage) -> None:
+    await storage.store.heartbeat("n1", member("n1"), 0.2)
+    await storage.store.heartbeat("n2", member("n2"), LONG_TTL)
+    assert len(await storage.store.members()) == 2
+    listed: list[dict[str, Any]] = []
+
+    async def only_n2_listed() -> bool:
+        listed[:] = await storage.store.members()
+        return listed == [member("n2")]
+
+    await eventually_async(only_n2_listed, message=f"n1 still listed: {listed}")
+
+
+async def test_a_heartbeat_extends_the_ttl(storage: Storage) -> None:
+    started = time.monotonic()
+    await storage.store.heartbeat("n1", member("n1"), 0.2)
+    await storage.store.heartbeat("n1", member("n1"), LONG_TTL)
+    await sleep_past(started, 0.3)
+    assert await storage.store.members() == [member("n1")]
+
+
+async def test_leave_removes_a_member_at_once(storage: Storage) -> None:
+    await storage.store.heartbeat("n1", member("n1"), LONG_TTL)
+    await storage.store.heartbeat("n2", member("n2"), LONG_TTL)
+    await storage.store.leave("n1")
+    assert await storage.store.members() == [member("n2")]
+    await storage.store.leave("never-joined")  # nothing to remove is not an error
+    assert await storage.store.members() == [member("n2")]
+
+
+# -- the leader lease --
+
+
+async def test_a_free_lease_is_granted_and_reported_as_current(storage: Storage) -> None:
+    assert await storage.store.current_lease() is None
+    lease = await storage.store.acquire_lease("n1", LONG_TTL)
+    assert lease is not None
+    assert lease.node_id == "n1"
+    assert lease.token > 0
+    assert await storage.store.current_lease() == lease
+
+
+@pytest.mark.parametrize("contender", ["n2", "n1"], ids=["another-node", "the-holder-again"])
+async def test_a_held_lease_is_not_granted_again(storage: Storage, contender: str) -> None:
+    lease = await storage.store.acquire_lease("n1", LONG_TTL)
+    assert await storage.store.acquire_lease(contender, LONG_TTL) is None
+    assert await storage.store.current_lease() == lease
+
+
+async def test_each_term_has_a_higher_fencing_token(storage: Storage) -> None:
+    tokens = []
+    for node_id in ["n1", "n2", "n1"]:
+        lease = await storage.store.acquire_lease(node_id, LONG_TTL)
+        assert lease is not None
+        tokens.append(lease.token)
+        await storage.store.release_lease(lease)
+    assert tokens == sorted(set(tokens)), f"tokens must strictly increase: {tokens}"
+
+
+async def test_release_frees_the_lease_at_once(storage: Storage) -> None:
+    lease = await storage.store.acquire_lease("n1", LONG_TTL)
+    assert lease is not None
+    await storage.store.release_lease(lease)
+    assert await storage.store.current_lease() is None
+    successor = await storage.store.acquire_lease("n2", LONG_TTL)
+    assert successor is not None
+    assert successor.token > lease.token
+
+
+async def test_releasing_a_stale_lease_leaves_the_current_holder_alone(storage: Storage) -> None:
+    stale = await storage.store.acquire_lease("n1", LONG_TTL)
+    assert stale is not None
+    await storage.store.release_lease(stale)
+    current = await storage.store.acquire_lease("n2", LONG_TTL)
+    await storage.store.release_lease(stale)
+    await storage.store.release_lease(Lease("ghost", 999))
+    assert await storage.store.current_lease() == current
+
+
+async def test_renewing_keeps_the_lease_past_its_first_ttl(storage: Storage) -> None:
+    started = time.monotonic()
+    lease = await storage.store.acquire_lease("n1", 0.2)
+    assert lease is not None
+    assert await storage.store.renew_lease(lease, LONG_TTL) is True
+    await sleep_past(started, 0.3)
+    assert await storage.store.current_lease() == lease
+    assert await storage.store.acquire_lease("n2", LONG_TTL) is None
+
+
+async def test_a_stale_lease_cannot_be_renewed(storage: Storage) -> None:
+    stale = await storage.store.acquire_lease("n1", LONG_TTL)
+    assert stale is not None
+    await storage.store.release_lease(stale)
+    assert await storage.store.renew_lease(stale, LONG_TTL) is False, "after release"
+    current = await storage.store.acquire_lease("n2", LONG_TTL)
+    assert await storage.store.renew_lease(stale, LONG_TTL) is False, "with another holder"
+    assert await storage.store.renew_lease(Lease("ghost", 999), LONG_TTL) is False, "never held"
+    assert await storage.store.current_lease() == current
+
+
+async def test_a_lease_expires_after_its_ttl_and_then_fences_nothing(storage: Storage) -> None:
+    lease = await storage.store.acquire_lease("n1", 0.2)
+    assert lease is not None
+
+    async def lease_gone() -> bool:
+        return await storage.store.current_lease() is None
+
+    await eventually_async(lease_gone, message="the lease outlived its ttl")
+    assert await storage.store.renew_lease(lease, LONG_TTL) is False, "no renewing back to life"
+    with pytest.raises(FencedOutError):
+        await storage.store.save(stored_record(), 0, fence=lease)
+    successor = await storage.store.acquire_lease("n2", LONG_TTL)
+    assert successor is not None
+    assert successor.token > lease.token
+
+
+# -- sticky sessions --
+
+
+async def test_a_pinned_session_reads_back_per_pool_and_key(storage: Storage) -> None:
+    assert await storage.store.session_get("app", "client-1", LONG_TTL) is None
+    await storage.store.session_set("app", "client-1", "b1", LONG_TTL)
+    await storage.store.session_set("app", "client-2", "b2", LONG_TTL)
+    await storage.store.session_set("other", "client-1", "b3", LONG_TTL)
+    assert await storage.store.session_get("app", "client-1", LONG_TTL) == "b1"
+    assert await storage.store.session_get("app", "client-2", LONG_TTL) == "b2"
+    assert await storage.store.session_get("other", "client-1", LONG_TTL) == "b3"
+    await storage.store.session_set("app", "client-1", "b9", LONG_TTL)
+    assert await storage.store.session_get("app", "client-1", LONG_TTL) == "b9"
+
+
+async def test_reading_a_session_slides_its_expiry(storage: Storage) -> None:
+    started = time.monotonic()
+    await storage.store.session_set("app", "client-1", "b1", 0.2)
+    assert await storage.store.session_get("app", "client-1", LONG_TTL) == "b1"
+    await sleep_past(started, 0.3)
+    assert await storage.store.session_get("app", "client-1", LONG_TTL) == "b1"
+
+
+async def test_a_session_nobody_reads_expires_after_its_ttl(storage: Storage) -> None:
+    await storage.store.session_set("app", "client-1", "b1", 0.2)
+    await storage.store.session_set("app", "client-2", "b2", LONG_TTL)
+    # A fixed sleep, not polling: each read would slide the expiry it is waiting for.
+    await asyncio.sleep(0.3)
+    assert await storage.store.session_get("app", "client-1", LONG_TTL) is None
+    assert await storage.store.session_get("app", "client-2", LONG_TTL) == "b2"
+
+
+# -- rate-limit buckets --
+
+IDLE = 60.0  # idle expiry that never comes into play
+
+
+async def test_a_new_bucket_starts_full(storage: Storage) -> None:
+    grant = await storage.store.take_tokens("b", rate=1.0, capacity=5, want=5, idle_ttl=IDLE)
+    assert grant.granted == 5
+    assert grant.available == pytest.approx(0.0, abs=0.1)
+
+
+async def test_a_take_grants_at_most_what_the_bucket_holds(storage: Storage) -> None:
+    first = await storage.store.take_tokens("b", rate=1.0, capacity=5, want=3, idle_ttl=IDLE)
+    assert (first.granted, first.wait) == (3, 0.0)
+    assert first.available == pytest.approx(2.0, abs=0.1)
+    second = await storage.store.take_tokens("b", rate=1.0, capacity=5, want=3, idle_ttl=IDLE)
+    assert second.granted == 2
+    third = await storage.store.take_tokens("b", rate=1.0, capacity=5, want=3, idle_ttl=IDLE)
+    assert third.granted == 0
+
+
+async def test_an_empty_bucket_says_how_long_until_the_next_token(storage: Storage) -> None:
+    await storage.store.take_tokens("b", rate=4.0, capacity=2, want=2, idle_ttl=IDLE)
+    grant = await storage.store.take_tokens("b", rate=4.0, capacity=2, want=1, idle_ttl=IDLE)
+    assert grant.granted == 0
+    assert 0 < grant.wait <= 0.25 + 0.001, "one token takes 1/rate seconds at most"
+
+
+async def test_a_bucket_refills_at_its_rate(storage: Storage) -> None:
+    rate, capacity = 20.0, 10
+    started = time.monotonic()
+    drained = await storage.store.take_tokens("b", rate, capacity, want=capacity, idle_ttl=IDLE)
+    drained_at = time.monotonic()
+    assert drained.granted == capacity
+    await asyncio.sleep(0.2)
+    asked_at = time.monotonic()
+    grant = await storage.store.take_tokens("b", rate, capacity, want=capacity, idle_ttl=IDLE)
+    answered_at = time.monotonic()
+    # The store's clock moved by at least the gap between the calls and at most their span.
+    fewest = int((asked_at - drained_at) * rate) - 1
+    most = min(capacity, int((answered_at - started) * rate) + 2)
+    assert fewest <= grant.granted <= most, f"{grant.granted} not in [{fewest}, {most}]"
+    assert grant.granted < capacity or answered_at - started >= capacity / rate
+
+
+async def test_returned_tokens_go_back_into_the_bucket_up_to_its_capacity(
+    storage: Storage,
+) -> None:
+    take = storage.store.take_tokens
+    await take("b", rate=0.01, capacity=5, want=5, idle_ttl=IDLE)
+    returned = await take("b", rate=0.01, capacity=5, want=-3, idle_ttl=IDLE)
+    assert returned.granted == 0
+    assert returned.available == pytest.approx(3.0, abs=0.01)
+    overfilled = await take("b", rate=0.01, capacity=5, want=-10, idle_ttl=IDLE)
+    assert overfilled.available == pytest.approx(5.0, abs=0.01), "capped at the capacity"
+    assert (await take("b", rate=0.01, capacity=5, want=10, idle_ttl=IDLE)).granted == 5
+
+
+async def test_buckets_are_independent(storage: Storage) -> None:
+    await storage.store.take_tokens("one", rate=0.01, capacity=3, want=3, idle_ttl=IDLE)
+    other = await storage.store.take_tokens("two", rate=0.01, capacity=3, want=3, idle_ttl=IDLE)
+    assert other.granted == 3
+    again = await storage.store.take_tokens("one", rate=0.01, capacity=3, want=1, idle_ttl=IDLE)
+    assert again.granted == 0
+
+
+async def test_an_idle_bucket_expires_and_starts_full_again(storage: Storage) -> None:
+    # The rate is so low that refilling cannot explain a full bucket: only the expiry can.
+    take = storage.store.take_tokens
+    assert (await take("b", rate=0.01, capacity=5, want=5, idle_ttl=0.2)).granted == 5
+    assert (await take("b", rate=0.01, capacity=5, want=1, idle_ttl=0.2)).granted == 0
+    await asyncio.sleep(0.3)
+    assert (await take("b", rate=0.01, capacity=5, want=5, idle_ttl=0.2)).granted == 5
+
+
+# ---- the state file of the memory store ----
+
+
+def files_under(directory: Path) -> list[str]:
+    return sorted(str(path.relative_to(directory)) for path in directory.rglob("*"))
 
 
 def _fail_fsync(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -43,105 +582,44 @@ def _fail_fsync(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os, "fsync", fsync)
 
 
-IMPLEMENTATIONS = [
-    Implementation("memory", lambda _: MemoryStore(), persistent=False, break_writes=None),
-    Implementation(
-        "memory-with-state-dir",
-        lambda directory: MemoryStore(directory / "state"),
-        persistent=True,
-        break_writes=_fail_fsync,
-    ),
-]
+async def test_the_state_file_holds_the_record_and_its_version(tmp_path: Path) -> None:
+    await MemoryStore(tmp_path).save(stored_record(), 0)
+    reopened = MemoryStore(tmp_path)
+    assert await reopened.load() == at_version(stored_record(), 1)
+    assert await reopened.save(smaller_record(), 1) == 2, "the version survives a restart"
 
 
-@pytest.fixture(params=IMPLEMENTATIONS, ids=[item.name for item in IMPLEMENTATIONS])
-def implementation(request: pytest.FixtureRequest) -> Implementation:
-    kind: Implementation = request.param
-    return kind
-
-
-def stored_record(version: int = 7) -> StoredConfig:
-    """A record with every kind of override: a changed pool, a deleted one, and the routes."""
-    return StoredConfig(
-        version=version,
-        pools={
-            "app": Override({"backends": [{"name": "b1", "url": "http://10.0.0.1:80"}]}, "f1"),
-            "gone": Override(None, fingerprint({"algorithm": "random"})),
-        },
-        routes=Override([{"name": "all", "pool": "app"}], fingerprint(None)),
-    )
-
-
-def files_under(directory: Path) -> list[str]:
-    return sorted(str(path.relative_to(directory)) for path in directory.rglob("*"))
-
-
-async def test_a_store_with_nothing_saved_loads_an_empty_record(
-    implementation: Implementation, tmp_path: Path
-) -> None:
-    record = await implementation.open(tmp_path).load()
-    assert record == StoredConfig()
-    assert (record.version, dict(record.pools), record.routes) == (0, {}, None)
-
-
-async def test_a_saved_record_loads_back_unchanged(
-    implementation: Implementation, tmp_path: Path
-) -> None:
-    store = implementation.open(tmp_path)
-    await store.save(stored_record())
-    assert await store.load() == stored_record()
-    reopened = await implementation.open(tmp_path).load()
-    assert reopened == (stored_record() if implementation.persistent else StoredConfig())
-
-
-async def test_a_later_save_replaces_the_whole_record(
-    implementation: Implementation, tmp_path: Path
-) -> None:
-    store = implementation.open(tmp_path)
-    await store.save(stored_record())
-    smaller = StoredConfig(version=9, pools={"other": Override({"algorithm": "p2c"}, "f2")})
-    await store.save(smaller)
-    assert await store.load() == smaller
-    if implementation.persistent:
-        assert await implementation.open(tmp_path).load() == smaller
-
-
-async def test_a_save_leaves_no_temporary_file_behind(
-    implementation: Implementation, tmp_path: Path
-) -> None:
-    store = implementation.open(tmp_path)
+async def test_a_save_leaves_no_temporary_file_behind(tmp_path: Path) -> None:
+    store = MemoryStore(tmp_path / "state")
     for version in range(3):
-        await store.save(stored_record(version))
-    expected = ["state", f"state/{STATE_FILE_NAME}"] if implementation.persistent else []
-    assert files_under(tmp_path) == expected
+        await store.save(stored_record(), version)
+    assert files_under(tmp_path) == [
+        "state",
+        f"state/.{STATE_FILE_NAME}.lock",
+        f"state/{STATE_FILE_NAME}",
+    ]
 
 
-async def test_a_failed_save_raises_store_error_and_keeps_the_old_record(
-    implementation: Implementation, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+async def test_a_failed_save_raises_store_error_and_keeps_the_old_record_and_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if implementation.break_writes is None:
-        pytest.skip(f"{implementation.name} writes nowhere, so a save cannot fail")
-    store = implementation.open(tmp_path)
-    await store.save(stored_record(1))
+    store = MemoryStore(tmp_path / "state")
+    await store.save(stored_record(), 0)
     with monkeypatch.context() as broken:
-        implementation.break_writes(broken)
+        _fail_fsync(broken)
         with pytest.raises(StoreError) as caught:
-            await store.save(stored_record(2))
+            await store.save(smaller_record(), 1)
     message = str(caught.value)
     assert "cannot write" in message
     assert "No space left on device" in message
-    assert await store.load() == stored_record(1)
-    assert await implementation.open(tmp_path).load() == stored_record(1)
-    assert files_under(tmp_path) == ["state", f"state/{STATE_FILE_NAME}"]
-
-
-def test_each_store_says_what_it_is(implementation: Implementation, tmp_path: Path) -> None:
-    store = implementation.open(tmp_path)
-    assert store.kind in ("memory", "redis")
-    assert store.description.startswith(store.kind)
-
-
-# ---- the state file of the memory store ----
+    assert await store.load() == at_version(stored_record(), 1)
+    assert await MemoryStore(tmp_path / "state").load() == at_version(stored_record(), 1)
+    assert files_under(tmp_path) == [
+        "state",
+        f"state/.{STATE_FILE_NAME}.lock",
+        f"state/{STATE_FILE_NAME}",
+    ]
+    assert await store.save(smaller_record(), 1) == 2, "once the disk has room, the retry works"
 
 
 async def test_a_state_dir_under_a_plain_file_fails_with_a_sentence_naming_the_path(
@@ -150,7 +628,7 @@ async def test_a_state_dir_under_a_plain_file_fails_with_a_sentence_naming_the_p
     (tmp_path / "plain").write_text("not a directory")
     store = MemoryStore(tmp_path / "plain" / "state")
     with pytest.raises(StoreError) as caught:
-        await store.save(stored_record())
+        await store.save(stored_record(), 0)
     assert str(caught.value) == (
         f"cannot write the state file {tmp_path}/plain/state/{STATE_FILE_NAME}: Not a directory"
     )
@@ -161,14 +639,14 @@ async def test_a_state_dir_under_a_plain_file_fails_with_a_sentence_naming_the_p
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
 async def test_a_read_only_state_dir_fails_and_keeps_the_old_record(tmp_path: Path) -> None:
     store = MemoryStore(tmp_path)
-    await store.save(stored_record(1))
+    await store.save(stored_record(), 0)
     tmp_path.chmod(0o500)
     try:
         with pytest.raises(StoreError, match="Permission denied"):
-            await store.save(stored_record(2))
+            await store.save(smaller_record(), 1)
     finally:
         tmp_path.chmod(0o700)
-    assert await MemoryStore(tmp_path).load() == stored_record(1)
+    assert await MemoryStore(tmp_path).load() == at_version(stored_record(), 1)
     assert files_under(tmp_path) == [STATE_FILE_NAME]
 
 
@@ -189,6 +667,8 @@ async def test_a_damaged_state_file_fails_to_load_with_advice(tmp_path: Path, te
 def test_the_description_names_the_state_file_or_says_nothing_persists(tmp_path: Path) -> None:
     assert str(tmp_path / STATE_FILE_NAME) in MemoryStore(tmp_path).description
     assert "not persisted" in MemoryStore().description
+    assert MemoryStore(tmp_path).watch_path == tmp_path / STATE_FILE_NAME
+    assert MemoryStore().watch_path is None
 
 
 # ---- composing the file with API overrides ----
@@ -218,7 +698,8 @@ def taken_over(name: str, definition: Any, file_data: dict[str, Any] = FILE) -> 
 def test_with_no_overrides_the_file_is_the_config() -> None:
     composition = compose(FILE, StoredConfig())
     assert composition.data == FILE
-    assert (composition.api_pools, composition.api_routes) == (frozenset(), False)
+    assert (composition.api_pools, composition.api_parts) == (frozenset(), frozenset())
+    assert (composition.api_routes, composition.has_overrides) == (False, False)
     assert composition.reclaimed == ()
 
 
@@ -350,6 +831,62 @@ def test_emptying_the_routes_when_the_file_has_none_needs_no_override() -> None:
     before = {**no_routes, "routes": [{"name": "r", "pool": "app"}]}
     stored = StoredConfig(routes=Override(before["routes"], fingerprint(None)))
     assert record_changes(no_routes, stored, before, {**no_routes, "routes": []}).routes is None
+
+
+LIMITS = {"per_ip": {"rate": 10.0, "burst": 20}}
+
+
+def test_api_rate_limits_replace_the_file_ones_until_the_file_changes_them() -> None:
+    limits = {"per_route": {"key": "route", "rate": 5.0}}
+    stored = StoredConfig(rate_limits=Override(limits, fingerprint(None)))
+    composition = compose(FILE, stored)
+    assert composition.data["rate_limits"] == limits
+    assert composition.api_parts == {"rate_limits"}
+    assert (composition.api_routes, composition.has_overrides) == (False, True)
+
+    changed = {**FILE, "rate_limits": LIMITS}
+    composition = compose(changed, stored)
+    assert composition.data["rate_limits"] == LIMITS
+    assert (composition.api_parts, composition.reclaimed) == (frozenset(), ("rate_limits",))
+    assert composition.stored.rate_limits is None
+    assert composition.has_overrides is False
+
+
+def test_the_api_may_own_routes_and_rate_limits_at_once() -> None:
+    routes = [{"name": "other", "pool": "other"}]
+    stored = StoredConfig(
+        routes=Override(routes, fingerprint(FILE["routes"])),
+        rate_limits=Override(LIMITS, fingerprint(None)),
+    )
+    composition = compose(FILE, stored)
+    assert composition.api_parts == {"routes", "rate_limits"}
+    assert composition.api_routes is True
+    sources = composition.sources({"routes": "f.yaml", "listeners": "f.yaml"})
+    assert sources == {"listeners": "f.yaml", "rate_limits": "api", "routes": "api"}
+
+
+def test_rate_limit_changes_are_recorded_and_undone_like_routes() -> None:
+    file_data = {**FILE, "rate_limits": LIMITS}
+    after = {**file_data, "rate_limits": {"per_ip": {"rate": 1.0}}}
+    stored = record_changes(file_data, StoredConfig(), file_data, after)
+    assert stored.rate_limits == Override(after["rate_limits"], fingerprint(LIMITS))
+    assert (dict(stored.pools), stored.routes) == ({}, None)
+    assert compose(file_data, stored).data == after
+    assert record_changes(file_data, stored, after, file_data).rate_limits is None
+
+
+def test_rate_limits_spelled_out_with_their_defaults_are_no_change() -> None:
+    file_data = {**FILE, "rate_limits": LIMITS}
+    spelled_out = {"per_ip": {**LIMITS["per_ip"], "key": "client_ip", "period": 1.0}}
+    after = {**file_data, "rate_limits": spelled_out}
+    assert record_changes(file_data, StoredConfig(), file_data, after) == StoredConfig()
+
+
+def test_emptying_the_rate_limits_when_the_file_has_none_needs_no_override() -> None:
+    stored = StoredConfig(rate_limits=Override(LIMITS, fingerprint(None)))
+    before = {**FILE, "rate_limits": LIMITS}
+    after = {**FILE, "rate_limits": {}}
+    assert record_changes(FILE, stored, before, after).rate_limits is None
 
 
 # ---- the admin token ----
