@@ -4,26 +4,33 @@ The numbers, for a policy of `r` tokens per second and `burst`:
 
 * Batch. A node asks for enough tokens to cover its observed demand for `horizon` seconds:
   `ceil(demand * horizon)`, between 1 and `batch_cap`. `horizon` is LEASE_HORIZON (0.25 s), or
-  shorter at high rates so that a batch never exceeds MAX_BATCH: `min(0.25, MAX_BATCH / r)`.
-  So at high rates each node calls about `1 / horizon` times per second per key (10/s at
-  r = 1000) and one call serves up to MAX_BATCH requests.
-* Capacity. The shared bucket holds `max(burst, batch_cap)` where `batch_cap = ceil(r *
-  horizon)`: the tokens one horizon refills, at most MAX_BATCH. With only `burst` (often 1) a
-  bucket polled every `horizon` seconds would overflow and lose most of its refill. The price:
-  the instantaneous cluster-wide burst is up to `batch_cap` (0.1 s of traffic at r = 1000, a
-  quarter second of it at lower rates) even when `burst` is smaller. The long-run rate is
-  exact: whatever the batches, no more than `capacity + r * t` tokens leave the bucket in `t`.
+  shorter at high rates, `MAX_BATCH / r` (0.1 s at r = 1000), so that the nodes' batches
+  together fit in the shared bucket while the key is below its limit; but never below
+  MIN_HORIZON (0.05 s), or at very high limits a node's batch would shrink to one token and
+  every request would cost a call. So a busy node calls a few times per second per key (about
+  `1 / horizon`, 10/s at r = 1000), and one call serves up to MAX_BATCH requests.
+* Capacity. The shared bucket holds `max(burst, batch_cap)` where `batch_cap = min(MAX_BATCH,
+  ceil(r * LEASE_HORIZON))`. With only `burst` (often 1) a bucket polled a few times a second
+  would overflow and lose most of its refill, and could never fill a batch. The price: the
+  instantaneous cluster-wide burst is up to `batch_cap` (100 requests, 0.1 s of traffic, at
+  r = 1000; a quarter second of traffic below r = 400) even when `burst` is smaller. The
+  long-run rate is exact: whatever the batches, no more than `capacity + r * t` tokens leave
+  the bucket in `t` seconds.
 * Pacing. When the shared bucket cannot fill a request (the key is at its limit), the node
-  waits `PACE * horizon` (or until the bucket's next token, if later) before asking again,
-  instead of polling an empty bucket. Tokens accumulate meanwhile (at most `PACE * batch_cap <
-  capacity`, so none overflow), and the next call brings back a batch. With N nodes saturating
-  a key, the store sees about `N / (PACE * horizon)` calls per second.
-* Credit. A key a node has no tokens for may still admit while the shared bucket last reported
-  tokens: the node runs into debt, up to `credit = min(burst, CREDIT_MAX)`, and repays it from
-  the next grant (the refill asks for the debt on top of the batch). So the first requests of a
-  key, and a burst above the observed rate, are not refused while a lease is on its way. A debt
-  only ever delays later admissions: at most `credit` tokens per node are outstanding, so the
-  cluster over-admits by at most `N * credit` at any instant and never in the long run.
+  waits `PACE * min(horizon, capacity / r)` (or until the bucket's next token, if later)
+  before asking again, instead of polling an empty bucket. Tokens accumulate meanwhile (at
+  most `PACE * capacity`, so none overflow), and the next call brings back a batch. With N
+  nodes saturating a key, the store sees about N calls per `PACE * capacity` admitted requests
+  (3 per 80 at r = 1000).
+* Credit. A node out of tokens for a key may still admit while the shared bucket, as last
+  reported and refilled since, should hold tokens beyond what the node already owes: it runs
+  into debt, up to `credit = min(burst, CREDIT_MAX)`, and repays it from the next grant (the
+  refill asks for the debt on top of the batch; a key dropped as idle repays its debt then).
+  A new key starts with the bucket assumed full, so its first requests, and a burst above the
+  observed rate, are not refused while a lease is on its way. A debt only delays later
+  admissions: at most `credit` tokens per node are outstanding, so the cluster over-admits by
+  at most `N * credit` at any instant, and in the long run only by debts the store was down
+  to collect.
 """
 
 import math
@@ -32,6 +39,7 @@ from dataclasses import dataclass
 from loadweaver.config.models import RateLimitPolicy
 
 LEASE_HORIZON = 0.25  # seconds of a node's demand one batch covers, at low and moderate rates
+MIN_HORIZON = 0.05  # ... and at least this long at any rate
 MAX_BATCH = 100  # tokens per call at most: bounds what an idle node can strand
 PACE = 0.8  # of a horizon between calls when the shared bucket is dry; < 1 so it cannot overflow
 CREDIT_MAX = 8  # tokens a node may admit on credit before its lease arrives
@@ -56,7 +64,7 @@ class LeasePlan:
         return cls(
             rate=rate,
             burst=burst,
-            horizon=min(LEASE_HORIZON, MAX_BATCH / rate),
+            horizon=min(LEASE_HORIZON, max(MIN_HORIZON, MAX_BATCH / rate)),
             batch_cap=batch_cap,
             capacity=max(burst, batch_cap),
             credit=min(burst, CREDIT_MAX),
@@ -74,7 +82,7 @@ class LeasePlan:
     @property
     def dry_pause(self) -> float:
         """Seconds to wait after the shared bucket could not fill a request."""
-        return PACE * self.horizon
+        return PACE * min(self.horizon, self.capacity / self.rate)
 
     @property
     def idle_ttl(self) -> float:
