@@ -39,8 +39,18 @@ def start(path: Path | None, redis_url: str | None, workers: int) -> int:
             workers,
         )
     return run_workers(
-        workers, lambda index: _serve(loaded, path, reuse_port=True, serve_admin=index == 0)
+        workers,
+        lambda index: _serve(
+            _as_worker(loaded, index), path, reuse_port=True, serve_admin=index == 0
+        ),
     )
+
+
+def _as_worker(loaded: LoadedConfig, index: int) -> LoadedConfig:
+    """Each worker is a member of the cluster in its own right, so it needs its own id."""
+    config = loaded.config
+    node = config.node.model_copy(update={"id": f"{config.node.id}-w{index}"})
+    return LoadedConfig(config.model_copy(update={"node": node}), loaded.sources)
 
 
 def _load(path: Path | None, redis_url: str | None) -> LoadedConfig:
