@@ -103,6 +103,7 @@ class Node:
         )
         self._snapshots = 0
         self.live_nodes = 1  # nodes heartbeating in the cluster, as last counted
+        self._unappliable = 0  # a cluster config version this node could not apply
         self._apply_lock = asyncio.Lock()
         self._random_sticky_key = True
         self._tasks: list[asyncio.Task[None]] = []
@@ -234,7 +235,11 @@ class Node:
             try:
                 await self._swap_locked(self.file_config, stored, self.file_sources)
             except (ConfigError, NodeStartError) as error:
-                logger.error("cannot apply cluster config version {}: {}", stored.version, error)
+                if stored.version != self._unappliable:  # once per version, not every check
+                    self._unappliable = stored.version
+                    logger.error(
+                        "cannot apply cluster config version {}: {}", stored.version, error
+                    )
                 return False
         logger.info("applied cluster config version {}", stored.version)
         return True
