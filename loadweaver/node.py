@@ -289,6 +289,7 @@ class Node:
         self.metrics.cluster_leader.set(1)
         await self.sync_from_store()
         await self._publish_as_leader(lease)
+        await self._reseed_if_lost(lease)
 
     def _lost_leadership(self) -> None:
         self.metrics.cluster_leader.set(0)

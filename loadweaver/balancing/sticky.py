@@ -34,6 +34,11 @@ class SessionTable(Protocol):
         """True: place new sessions by hashing their key, not by the pool's algorithm."""
         ...
 
+    @property
+    def shared(self) -> bool:
+        """Other nodes read and write the same sessions."""
+        ...
+
     def get(self, key: str) -> str | None: ...
 
     def put(self, key: str, backend: str) -> None: ...
@@ -51,6 +56,7 @@ class MemorySessionTable:
     """A bounded LRU table in this process; expired entries read as absent."""
 
     consistent_placement = False  # one node: its own algorithm decides
+    shared = False
 
     def __init__(
         self, ttl: float, limit: int = MAX_SESSIONS, clock: Callable[[], float] = time.monotonic
@@ -189,13 +195,22 @@ class Sticky:
                 # Slide an active session's cookie; a draining backend's sessions run out.
                 self._remember(ctx, pinned)
             return pinned
-        if ctx.session is not None and self.sessions.consistent_placement:
+        if ctx.session is not None and self._place_by_hash(ctx.session):
             picked = self._hashed(ctx.session, avoid)
         else:
             picked = self.inner.pick(ctx, avoid)
         if isinstance(picked, Backend):
             self._remember(ctx, picked)
         return picked
+
+    def _place_by_hash(self, session: str) -> bool:
+        """Hash where every node must agree without asking: while the shared table is out of
+        reach, and when a shared pin must move (each node would otherwise re-pick its own way
+        and overwrite the others' pins)."""
+        sessions = self.sessions
+        if sessions.consistent_placement:
+            return True
+        return sessions.shared and not self.policy.cookie and sessions.get(session) is not None
 
     def _hashed(self, session: str, avoid: Collection[Backend]) -> Backend | NoBackend:
         """Rendezvous hashing: every node with the same backends picks the same one."""

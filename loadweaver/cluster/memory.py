@@ -79,6 +79,7 @@ class MemoryStore:
         queue: asyncio.Queue[int] = asyncio.Queue()
         self._subscribers.append(queue)
         try:
+            yield self._state.version
             while True:
                 yield await queue.get()
         finally:

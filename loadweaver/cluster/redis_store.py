@@ -113,10 +113,14 @@ class RedisStore:
         return int(version)
 
     async def changes(self) -> AsyncIterator[int]:
-        """Versions from pub/sub until the connection drops, which raises StoreError."""
+        """The current version, then versions from pub/sub until the connection drops, which
+        raises StoreError."""
         pubsub = self._listener.pubsub(ignore_subscribe_messages=True)
         try:
             await pubsub.subscribe(self._keys.events)
+            # Writes made before the subscription took effect were announced to nobody: start
+            # with the version as it is now, read after subscribing, so none can fall between.
+            yield (await self.load()).version
             async for message in pubsub.listen():
                 if message.get("type") == "message":
                     yield int(message["data"])

@@ -86,7 +86,8 @@ class ClusterStore(Protocol):
         ...
 
     def changes(self) -> AsyncIterator[int]:
-        """Versions announced by writers, as they arrive; best effort (pub/sub may drop some)."""
+        """The current version once subscribed, then versions announced by writers as they
+        arrive; best effort (pub/sub may drop some)."""
         ...
 
     # ---- membership and leadership ----

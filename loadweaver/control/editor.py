@@ -143,6 +143,12 @@ class ConfigEditor:
                 try:
                     return await self._commit(stored, state.version)
                 except VersionConflictError as error:
+                    if error.found < state.version:
+                        raise EditError(
+                            503,
+                            "the cluster store has lost its config (was it restarted without "
+                            "persistence?); the leader is restoring it: retry in a few seconds",
+                        ) from None
                     if if_match is not None:
                         raise _stale(error.found, if_match) from None
                 except ConfigError as error:

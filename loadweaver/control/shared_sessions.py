@@ -33,6 +33,8 @@ class SharedSessionTable:
     def ttl(self, value: float) -> None:
         self._local.ttl = value
 
+    shared = True
+
     @property
     def consistent_placement(self) -> bool:
         """While the store is down, place new sessions by hash so all nodes agree."""

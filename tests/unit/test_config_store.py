@@ -24,7 +24,6 @@ import redis.asyncio
 
 from loadweaver.admin.auth import AdminTokenError, check_exposure, resolve_token, token_matches
 from loadweaver.cluster.connection import Timeouts
-from loadweaver.cluster.keys import KeySchema
 from loadweaver.cluster.memory import STATE_FILE_NAME, MemoryStore
 from loadweaver.cluster.redis_store import RedisStore
 from loadweaver.cluster.state import Override, StoredConfig, fingerprint
@@ -58,7 +57,6 @@ class Storage:
     reopen: Callable[[], ClusterStore]  # a new store over the same storage
     persistent: bool  # a reopened store sees what this one saved
     announcer: ClusterStore  # whose saves reach `store.changes()`
-    until_subscribed: Callable[[], Awaitable[None]]  # returns once a started feed listens
 
 
 STORE_KINDS = ["memory", "memory-with-state-dir", "redis"]
@@ -83,7 +81,6 @@ async def storage(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
             reopen=lambda: track(RedisStore(server.url, cluster, REDIS_TIMEOUTS)),
             persistent=True,
             announcer=track(RedisStore(server.url, cluster, REDIS_TIMEOUTS)),
-            until_subscribed=lambda: until_subscribed(client, KeySchema(cluster).events),
         )
         await client.aclose()
     else:
@@ -95,24 +92,9 @@ async def storage(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
             reopen=lambda: track(MemoryStore(directory)),
             persistent=directory is not None,
             announcer=store,  # one process: its own saves are the only ones it announces
-            until_subscribed=next_loop_turn,
         )
     for opened_store in opened:
         await opened_store.close()
-
-
-async def until_subscribed(client: redis.asyncio.Redis, channel: str) -> None:
-    for _ in range(200):
-        [(_, listeners)] = await client.pubsub_numsub(channel)
-        if listeners:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"nothing subscribed to {channel} within 2 s")
-
-
-async def next_loop_turn() -> None:
-    """A memory feed subscribes as soon as the task awaiting its first item runs once."""
-    await asyncio.sleep(0)
 
 
 async def close_feed(feed: AsyncIterator[int]) -> None:
@@ -290,13 +272,22 @@ async def test_saves_without_a_fence_ignore_the_lease(storage: Storage) -> None:
 # -- the change feed --
 
 
+async def test_changes_starts_with_the_current_version_once_subscribed(storage: Storage) -> None:
+    await storage.store.save(stored_record(), 0)
+    feed = storage.store.changes()
+    try:
+        # Read after subscribing: a write made before cannot fall between the read and the feed.
+        assert await asyncio.wait_for(anext(feed), FEED_TIMEOUT) == 1
+    finally:
+        await close_feed(feed)
+
+
 async def test_changes_yields_each_version_another_writer_saves(storage: Storage) -> None:
     feed = storage.store.changes()
     try:
-        first = asyncio.ensure_future(anext(feed))
-        await storage.until_subscribed()
+        assert await asyncio.wait_for(anext(feed), FEED_TIMEOUT) == 0  # subscribed now
         version = await storage.announcer.save(stored_record(), 0)
-        assert await asyncio.wait_for(first, FEED_TIMEOUT) == version == 1
+        assert await asyncio.wait_for(anext(feed), FEED_TIMEOUT) == version == 1
         version = await storage.announcer.save(smaller_record(), version)
         assert await asyncio.wait_for(anext(feed), FEED_TIMEOUT) == version == 2
     finally:
@@ -306,10 +297,9 @@ async def test_changes_yields_each_version_another_writer_saves(storage: Storage
 async def test_a_conflicting_save_announces_nothing(storage: Storage) -> None:
     feed = storage.store.changes()
     try:
-        first = asyncio.ensure_future(anext(feed))
-        await storage.until_subscribed()
+        assert await asyncio.wait_for(anext(feed), FEED_TIMEOUT) == 0  # subscribed now
         await storage.announcer.save(stored_record(), 0)
-        assert await asyncio.wait_for(first, FEED_TIMEOUT) == 1
+        assert await asyncio.wait_for(anext(feed), FEED_TIMEOUT) == 1
         with pytest.raises(VersionConflictError):
             await storage.announcer.save(stored_record(), 0)
         await storage.announcer.save(stored_record(), 1)

@@ -97,15 +97,6 @@ def record() -> StoredConfig:
     )
 
 
-async def until_subscribed(plain: redis.asyncio.Redis, channel: str) -> None:
-    for _ in range(200):
-        [(_, listeners)] = await plain.pubsub_numsub(channel)
-        if listeners:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"nothing subscribed to {channel} within 2 s")
-
-
 async def close_feed(feed: AsyncIterator[int]) -> None:
     if isinstance(feed, AsyncGenerator):
         await feed.aclose()
@@ -117,14 +108,13 @@ async def close_feed(feed: AsyncIterator[int]) -> None:
 async def exercise_every_method(store: RedisStore, plain: redis.asyncio.Redis) -> None:
     """Calls each method of the store once at least, leaving something behind where it can."""
     feed = store.changes()
-    first_change = asyncio.ensure_future(anext(feed))
-    await until_subscribed(plain, KEYS.events)
+    assert await asyncio.wait_for(anext(feed), 2.0) == 0  # the version once subscribed
     lease = await store.acquire_lease("n1", LONG_TTL)
     assert lease is not None
     assert await store.renew_lease(lease, LONG_TTL)
     assert await store.current_lease() == lease
     assert await store.save(record(), 0, fence=lease) == 1
-    assert await asyncio.wait_for(first_change, 2.0) == 1
+    assert await asyncio.wait_for(anext(feed), 2.0) == 1
     await close_feed(feed)
     assert (await store.load()).version == 1
     await store.release_lease(lease)
@@ -367,8 +357,9 @@ async def test_the_change_feed_raises_store_error_when_the_server_dies(
     server: RedisServer, client: redis.asyncio.Redis, open_store: OpenStore
 ) -> None:
     feed = open_store(server.url).changes()
+    assert await asyncio.wait_for(anext(feed), 2.0) == 0  # subscribed
     next_change = asyncio.ensure_future(anext(feed))
-    await until_subscribed(client, KEYS.events)
+    await asyncio.sleep(0.05)  # the feed is waiting on the subscription now
     server.kill()
     try:
         with pytest.raises(StoreError, match="lost the change feed"):

@@ -501,6 +501,7 @@ class DictTable:
     """A session store other than the memory table, as the cluster store will be."""
 
     consistent_placement = False
+    shared = False
 
     def __init__(self) -> None:
         self.entries: dict[str, str] = {}
