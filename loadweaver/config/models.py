@@ -98,6 +98,92 @@ class Backend(Strict):
         return value
 
 
+STATUS_RANGES = r"^\s*\d{3}(\s*-\s*\d{3})?(\s*,\s*\d{3}(\s*-\s*\d{3})?)*\s*$"
+
+
+class HealthCheck(Strict):
+    """Active probes, run by the cluster's leader (or each node while there is none).
+
+    Defaults follow HAProxy: every 2 s, 2 successes to rise, 3 failures to fall.
+    """
+
+    type: Literal["http", "tcp"] = "http"
+    path: str = Field(default="/", pattern=r"^/")
+    method: Literal["GET", "HEAD", "OPTIONS", "POST"] = "GET"
+    host: str | None = None  # the Host header; default: the backend's own host:port
+    expect_status: str = Field(default="200-399", pattern=STATUS_RANGES)
+    expect_body: str | None = None  # a substring the body must contain
+    headers: dict[str, str] = {}
+    interval: Duration = 2.0
+    timeout: Duration = 1.0
+    rise: int = Field(default=2, ge=1)
+    fall: int = Field(default=3, ge=1)
+    fast_interval: Duration = 0.5  # while a backend is between states
+    jitter: float = Field(default=0.1, ge=0, le=0.5)  # a fraction of the interval, or "10%"
+    flap_window: Duration = 60.0
+    flap_limit: int = Field(
+        default=4, ge=2
+    )  # state changes within the window that count as flapping
+    flap_hold: Duration = 30.0  # a flapping backend stays down at least this long
+
+    @field_validator("jitter", mode="before")
+    @classmethod
+    def _percent(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().endswith("%"):
+            return float(value.strip()[:-1]) / 100
+        return value
+
+    @model_validator(mode="after")
+    def _timing(self) -> "HealthCheck":
+        if self.interval <= 0 or self.fast_interval <= 0 or self.timeout <= 0:
+            raise ValueError("health.interval, fast_interval and timeout must be more than 0")
+        if self.timeout > self.interval:
+            raise ValueError("health.timeout must not exceed health.interval")
+        return self
+
+    def accepts(self, status: int) -> bool:
+        for part in self.expect_status.split(","):
+            low, _, high = part.strip().partition("-")
+            if int(low) <= status <= int(high or low):
+                return True
+        return False
+
+
+class PassiveHealth(Strict):
+    """Every node ejects a backend at once after consecutive failures it saw itself."""
+
+    consecutive_failures: int = Field(default=5, ge=1)
+    on_5xx: bool = False  # count 5xx responses as failures too
+    base_ejection: Duration = 10.0  # doubled for each ejection in a row, up to max_ejection
+    max_ejection: Duration = 300.0
+    max_ejected_percent: int = Field(default=50, ge=0, le=100)
+
+
+RetryCondition = Literal["connect_failure", "reset_before_response", "timeout", "502", "503", "504"]
+
+
+class Retries(Strict):
+    attempts: int = Field(default=2, ge=0, le=10)  # tries after the first
+    on: list[RetryCondition] = ["connect_failure", "reset_before_response", "502", "503", "504"]
+    budget: float = Field(default=0.2, gt=0, le=1)  # retries in flight / requests in flight
+    max_buffered_body: ByteSize = 64 * 1024  # bigger bodies are sent once: no status retries
+    per_try_timeout: Duration = 0.0  # 0: the pool's response timeout
+
+    @field_validator("budget", mode="before")
+    @classmethod
+    def _percent(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().endswith("%"):
+            return float(value.strip()[:-1]) / 100
+        return value
+
+
+class CircuitBreaker(Strict):
+    """Per backend: past these, requests get a fast 503 instead of queueing."""
+
+    max_pending: int = Field(default=0, ge=0)  # requests waiting for a connection; 0: no cap
+    max_in_flight: int = Field(default=0, ge=0)  # 0: no cap
+
+
 Algorithm = Literal["round_robin", "least_conn", "ip_hash", "random", "p2c"]
 COOKIE_NAME = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"  # an RFC 6265 token
 
@@ -127,6 +213,11 @@ class Pool(Strict):
     timeouts: PoolTimeouts = PoolTimeouts()
     connection_pool: ConnectionPoolConfig = ConnectionPoolConfig()
     tls: UpstreamTls = UpstreamTls()
+    health: HealthCheck | None = None
+    passive: PassiveHealth = PassiveHealth()
+    panic_threshold: int = Field(default=50, ge=0, le=100)  # % healthy below which all serve
+    retries: Retries = Retries()
+    circuit_breaker: CircuitBreaker = CircuitBreaker()
     backends: list[Backend] = []
 
     @model_validator(mode="after")
