@@ -48,6 +48,7 @@ from loadweaver.control.ramps import refresh_ramping_pools
 from loadweaver.control.shared_sessions import SharedSessionTable
 from loadweaver.control.snapshot import Snapshot, SnapshotHolder
 from loadweaver.control.watcher import watch_config_files
+from loadweaver.health.manager import HealthManager
 from loadweaver.observability.live_stats import LiveStats
 from loadweaver.observability.logging import LoggingSetupError, configure_logging
 from loadweaver.observability.metrics import Metrics
@@ -111,6 +112,7 @@ class Node:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self.pools = PoolManager(loop)
+        self.health = HealthManager(loop, self.metrics)
         try:
             node_secret = sticky_secret_from_environment()
         except ConfigError as error:
@@ -122,11 +124,14 @@ class Node:
             fallback_secret=node_secret.encode() if node_secret else os.urandom(32),
             limiters=LimiterRegistry(self.store, lambda: self.live_nodes, loop),
             session_tables=self._session_table_factory(loop),
+            health=self.health,
         )
         self.admin_token = self._admin_token(self.file_config)
         await self._load_stored()
         self._warn_about_sticky_secrets(self.config)
         self.holder = SnapshotHolder(self._compile(self.config))
+        self.health.holder = self.holder
+        self.health.refresh_all()
         self.editor = ConfigEditor(
             self._edit_state, self._commit_locked, self.sync_from_store, self._apply_lock
         )
@@ -478,6 +483,8 @@ class Node:
         backends = [backend for pool in snapshot.pools.values() for backend in pool.backends]
         self.pools.retain_only(backend.connections for backend in backends)
         self.resources.limiters.retain_only(config.rate_limits)
+        self.health.retain_only(set(config.pools))
+        self.health.refresh_all()
         self.resources.loads.retain_only(
             (backend.pool_name, backend.name, backend.address) for backend in backends
         )

@@ -21,15 +21,41 @@ SLOW_START_FLOOR = 0.1  # a ramping backend starts at this fraction of its weigh
 
 
 class BackendLoad:
-    """Mutable counters of one backend, shared by every snapshot that contains it."""
+    """Mutable counters of one backend, shared by every snapshot that contains it.
 
-    __slots__ = ("healthy", "in_flight", "joined_at", "stats")
+    `healthy` is what strategies read: the active verdict and passive ejection combined, and
+    overridden to True for every backend of a pool in panic (see health/pools.py).
+    """
+
+    __slots__ = (
+        "ejected",
+        "ejected_at",
+        "ejections",
+        "failures",
+        "healthy",
+        "in_flight",
+        "joined_at",
+        "pending",
+        "stats",
+        "verdict_up",
+    )
 
     def __init__(self, joined_at: float) -> None:
         self.in_flight = 0
         self.joined_at = joined_at
         self.healthy = True
         self.stats = BackendStats()
+        self.verdict_up = True  # the active checks' verdict
+        self.ejected = False  # passively ejected by this node
+        self.ejected_at = 0.0
+        self.ejections = 0  # ejections in a row: each doubles the next one's length
+        self.failures = 0  # consecutive failures this node saw
+        self.pending = 0  # requests waiting for a connection to this backend
+
+    @property
+    def routable(self) -> bool:
+        """Healthy by every signal, before any panic override."""
+        return self.verdict_up and not self.ejected
 
 
 @dataclass(frozen=True, slots=True, eq=False)

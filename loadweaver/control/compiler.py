@@ -2,7 +2,7 @@
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeGuard
+from typing import TYPE_CHECKING, TypeGuard
 
 from loadweaver.balancing.base import Backend
 from loadweaver.balancing.registry import create_strategy
@@ -19,10 +19,14 @@ from loadweaver.control.loads import LoadRegistry
 from loadweaver.control.snapshot import ListenerSpec, PoolRuntime, RequestLimits, Snapshot
 from loadweaver.pool.manager import PoolManager
 from loadweaver.pool.pool import PoolSettings
+from loadweaver.proxy.retry import RetryBudget, RetryPolicy
 from loadweaver.proxy.tls import load_certificate_set, upstream_context
 from loadweaver.routing.rate_limit import RouteLimit
 from loadweaver.routing.table import CompiledRoute, RouteTable
 from loadweaver.security.trusted import TrustedProxies
+
+if TYPE_CHECKING:
+    from loadweaver.health.manager import HealthManager
 
 
 @dataclass
@@ -38,6 +42,8 @@ class CompileResources:
         MemorySessionTable(ttl)
     )
     sessions: dict[str, SessionTable | SharedSessions] = field(default_factory=dict)
+    health: "HealthManager | None" = None  # None: no passive detection (tests, benchmarks)
+    retry_budgets: dict[str, RetryBudget] = field(default_factory=dict)
 
 
 def compile_snapshot(config: Config, version: int, resources: CompileResources) -> Snapshot:
@@ -121,6 +127,8 @@ def _compile_pool(name: str, pool: Pool, resources: CompileResources) -> PoolRun
     if sticky is not None and sticky.header and _is_shared(sessions):
         sticky.shared = sessions
     strategy = create_strategy(pool.algorithm, backends, sticky, sessions)
+    health = resources.health
+    budget = resources.retry_budgets.setdefault(name, RetryBudget())
     return PoolRuntime(
         name=name,
         strategy=strategy,
@@ -129,6 +137,12 @@ def _compile_pool(name: str, pool: Pool, resources: CompileResources) -> PoolRun
         total_timeout=pool.timeouts.total,
         sticky=sticky,
         load_aware=strategy.load_aware,
+        passive=health.detector(name, pool.passive) if health is not None else None,
+        failures_include_5xx=pool.passive.on_5xx,
+        retry=RetryPolicy.from_config(pool.retries, budget),
+        replay_limit=pool.retries.max_buffered_body,
+        max_pending=pool.circuit_breaker.max_pending,
+        max_in_flight=pool.circuit_breaker.max_in_flight,
     )
 
 

@@ -2,14 +2,19 @@
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from loadweaver.balancing.base import Backend, Strategy
 from loadweaver.balancing.sticky import StickyPolicy
 from loadweaver.config.addresses import BindAddress
 from loadweaver.config.models import Config
+from loadweaver.proxy.retry import RetryPolicy
 from loadweaver.proxy.tls import CertificateSet
 from loadweaver.routing.table import RouteTable
 from loadweaver.security.trusted import TrustedProxies
+
+if TYPE_CHECKING:
+    from loadweaver.health.passive import PassiveDetector
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +26,12 @@ class PoolRuntime:
     total_timeout: float
     sticky: StickyPolicy | None  # cookie or header affinity; None for plain pools
     load_aware: bool  # the strategy wants on_acquire/on_release around each request
+    passive: "PassiveDetector | None" = None  # None: passive detection off (tests, benches)
+    failures_include_5xx: bool = False
+    retry: RetryPolicy | None = None
+    replay_limit: int = 64 * 1024  # request bytes kept for a replay
+    max_pending: int = 0  # circuit breaker, per backend; 0: no cap
+    max_in_flight: int = 0
 
 
 @dataclass(frozen=True, slots=True)

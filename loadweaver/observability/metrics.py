@@ -66,6 +66,18 @@ class Metrics:
             "Requests replayed on a fresh connection after a reused one failed.",
             registry=self.registry,
         )
+        self.retries_by_reason = Counter(
+            "loadweaver_retries",
+            "Requests sent again to another backend, by pool and reason.",
+            ["pool", "reason"],
+            registry=self.registry,
+        )
+        self.retries_refused = Counter(
+            "loadweaver_retry_budget_exhausted",
+            "Retries not made because the pool's retry budget was spent.",
+            ["pool"],
+            registry=self.registry,
+        )
         self.client_connections = Gauge(
             "loadweaver_client_connections", "Open client connections.", registry=self.registry
         )
@@ -79,6 +91,36 @@ class Metrics:
             "loadweaver_rate_limited",
             "Requests refused with 429 by a rate-limit policy.",
             ["policy"],
+            registry=self.registry,
+        )
+        self.pool_panic = Gauge(
+            "loadweaver_pool_panic",
+            "1 while a pool is in panic mode: too few healthy backends, so all take traffic.",
+            ["pool"],
+            registry=self.registry,
+        )
+        self.backend_healthy = Gauge(
+            "loadweaver_backend_healthy",
+            "1 while a backend passes its checks and is not ejected.",
+            ["pool", "backend"],
+            registry=self.registry,
+        )
+        self.ejections = Counter(
+            "loadweaver_passive_ejections",
+            "Backends ejected by passive detection, by pool.",
+            ["pool"],
+            registry=self.registry,
+        )
+        self.health_flaps = Counter(
+            "loadweaver_health_flaps",
+            "Backends held down because their health kept changing, by pool.",
+            ["pool"],
+            registry=self.registry,
+        )
+        self.breaker_rejections = Counter(
+            "loadweaver_circuit_breaker_rejections",
+            "Requests refused at once because a backend's circuit breaker was full.",
+            ["pool", "limit"],
             registry=self.registry,
         )
         self.cluster_store_up = Gauge(

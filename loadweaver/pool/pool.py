@@ -52,6 +52,11 @@ class UpstreamPool:
     def idle_count(self) -> int:
         return len(self._idle)
 
+    @property
+    def waiting(self) -> int:
+        """Requests queued for a connection: what a circuit breaker's max_pending caps."""
+        return len(self._waiters)
+
     def take_idle(self) -> UpstreamConnection | None:
         """An idle connection, newest first, or None; never blocks."""
         idle = self._idle

@@ -29,6 +29,7 @@ from loadweaver.proxy.headers import (
     status_line,
 )
 from loadweaver.proxy.replies import LocalReply, RequestRejectedError
+from loadweaver.proxy.retry import IDEMPOTENT
 from loadweaver.routing.rate_limit import RouteLimit
 
 if TYPE_CHECKING:
@@ -68,6 +69,7 @@ class Exchange:
         "pending_size",
         "pool",
         "replay",
+        "replay_limit",
         "replay_size",
         "request_complete",
         "response_done",
@@ -76,6 +78,7 @@ class Exchange:
         "response_special",
         "response_started",
         "retried",
+        "retry_status",
         "set_cookie",
         "special",
         "started",
@@ -83,6 +86,8 @@ class Exchange:
         "target",
         "total_deadline",
         "trailers",
+        "tried",
+        "tries",
         "tunnel_data",
         "upgrade",
         "upstream",
@@ -137,6 +142,10 @@ class Exchange:
         self.deadline = 0.0
         self.total_deadline = 0.0
         self.started = 0.0
+        self.tries = 0  # retries made on other backends
+        self.tried: list[Backend] | None = None  # backends that failed this request
+        self.retry_status = 0  # a retryable status being discarded instead of relayed
+        self.replay_limit = REPLAY_LIMIT
         self.status = 0
         self.response_started = False
         self.response_framing = NONE
@@ -186,7 +195,8 @@ class Exchange:
             refused = self._rate_limited(route.limit)
             if refused is not None:
                 return refused
-        self.pool = snapshot.pools[route.pool]
+        pool = self.pool = snapshot.pools[route.pool]
+        self.replay_limit = pool.replay_limit
         self.head = self._render_upstream_head(host)
         return None
 
@@ -290,6 +300,11 @@ class Exchange:
         if isinstance(picked, NoBackend):
             self.fail(replies.no_backend(picked.reason))
             return
+        self._go(pool, picked)
+
+    def _go(self, pool: PoolRuntime, picked: Backend) -> None:
+        if (pool.max_in_flight or pool.max_pending) and self._breaker_refuses(pool, picked):
+            return
         self.backend = picked
         picked.load.in_flight += 1
         if pool.load_aware:
@@ -299,6 +314,18 @@ class Exchange:
             self._attach(connection)
         else:
             self.client.loop.create_task(self._connect(picked, fresh=False))
+
+    def _breaker_refuses(self, pool: PoolRuntime, picked: Backend) -> bool:
+        """A backend at its circuit breaker's limit: a fast 503 instead of a queue."""
+        if pool.max_in_flight and picked.load.in_flight >= pool.max_in_flight:
+            limit = "max_in_flight"
+        elif pool.max_pending and picked.connections.waiting >= pool.max_pending:
+            limit = "max_pending"
+        else:
+            return False
+        self.client.metrics.breaker_rejections.labels(pool.name, limit).inc()
+        self.fail(replies.CIRCUIT_OPEN)
+        return True
 
     def _forwarded_for_present(self) -> bool:
         return any(name == b"x-forwarded-for" for name, _ in self.special)
@@ -320,19 +347,32 @@ class Exchange:
             self.set_cookie = sticky.set_cookie_line(ctx.new_session, client.tls)
         return picked
 
-    def _finish(self, failed: bool = False) -> None:
+    def _finish(self, failed: bool = False, fault: bool = False) -> None:
         """The exchange is over, whichever way it ended: its backend no longer carries it."""
         self.finished = True
+        self._release(failed, fault)
+        if self.tries:
+            pool = self.pool
+            if pool is not None and pool.retry is not None:
+                pool.retry.counter.active -= 1
+
+    def _release(self, failed: bool, fault: bool) -> None:
+        """The current backend no longer carries this request; `fault`: it failed it."""
         backend, self.backend = self.backend, None
         if backend is None:
             return
+        pool = self.pool
+        if fault:
+            if pool is not None and pool.passive is not None:
+                pool.passive.failure(backend)
+        elif not failed:
+            backend.load.failures = 0
         load = backend.load
         load.in_flight -= 1
         stats = load.stats
         stats.pending.append(self.client.loop.time() - self.started)  # bucketed off the hot path
         if failed:
             stats.errors += 1
-        pool = self.pool
         if pool is not None and pool.load_aware:
             # After a config swap the pool's current strategy must learn of the release too,
             # or it would think the backend busier than it is.
@@ -354,6 +394,10 @@ class Exchange:
         self._attach(connection)
 
     def _connect_failed(self, backend: Backend, error: UpstreamConnectError) -> None:
+        pool = self.pool
+        retry = pool.retry if pool is not None else None
+        if retry is not None and retry.on_connect and self._retry_elsewhere("connect_failure"):
+            return  # nothing was sent: any method may go to another backend
         metrics = self.client.metrics
         metrics.upstream_errors.labels(f"connect_{error.kind}").inc()
         if error.kind == "timeout":
@@ -370,7 +414,7 @@ class Exchange:
             backend.address.authority,
             error.detail,
         )
-        self.fail(reply)
+        self.fail(reply, fault=True)
 
     def _attach(self, connection: UpstreamConnection) -> None:
         pool = self.pool
@@ -378,7 +422,9 @@ class Exchange:
         self.upstream = connection
         connection.handler = self
         self.parser = httptools.HttpResponseParser(self)
-        self.deadline = self.client.loop.time() + pool.response_timeout
+        retry = pool.retry
+        per_try = retry.per_try_timeout if retry is not None else 0.0
+        self.deadline = self.client.loop.time() + (per_try or pool.response_timeout)
         pending = self.pending
         assert pending is not None
         self.pending = None
@@ -413,7 +459,7 @@ class Exchange:
             return
         if self.replay is not None:
             self.replay_size += len(data)
-            if self.replay_size > REPLAY_LIMIT:
+            if self.replay_size > self.replay_limit:
                 self.replay = None
             else:
                 self.replay.append(data)
@@ -440,6 +486,9 @@ class Exchange:
         except httptools.HttpParserError as error:
             self._flush_to_client()
             self._invalid_response(str(error))
+            return
+        if self.retry_status:
+            self._retry_after_status()
             return
         out = self.out
         if out:
@@ -470,6 +519,9 @@ class Exchange:
         if 100 <= status < 200 and status != 101:
             self._relay_informational(status)
             return
+        if self.retry_status or self._status_retryable(status):
+            self.retry_status = status  # its body is discarded with the connection
+            return
         self.status = status
         self.deadline = self.total_deadline
         self.response_started = True
@@ -480,6 +532,8 @@ class Exchange:
             self.response_done = True
 
     def on_body(self, chunk: bytes) -> None:
+        if self.retry_status:
+            return
         if self.response_framing == CHUNKED:
             self.out.append(b"%x\r\n%s\r\n" % (len(chunk), chunk))
         else:
@@ -488,6 +542,8 @@ class Exchange:
     def on_message_complete(self) -> None:
         if self.informational:
             self.informational = False
+            return
+        if self.retry_status:
             return
         if self.response_framing == CHUNKED:
             self.out.append(b"0\r\n" + render_headers(self.trailers or ()) + b"\r\n")
@@ -557,7 +613,11 @@ class Exchange:
         """The whole response reached the client's transport."""
         if self.finished:
             return
-        self._finish(self.status >= 500)
+        status = self.status
+        pool = self.pool
+        self._finish(
+            status >= 500, status >= 500 and pool is not None and pool.failures_include_5xx
+        )
         connection, self.upstream = self.upstream, None
         if connection is not None:
             if self.client.write_paused and connection.transport is not None:
@@ -588,7 +648,7 @@ class Exchange:
             else:
                 self.client.metrics.upstream_errors.labels("reset_during_response").inc()
                 logger.warning("backend {} closed the connection mid-response", self.backend)
-                self._finish(failed=True)
+                self._finish(failed=True, fault=True)
                 self.client.abort()
             return
         if (
@@ -602,7 +662,19 @@ class Exchange:
             return
         self.client.metrics.upstream_errors.labels("reset_before_response").inc()
         logger.warning("backend {} closed the connection before responding", self.backend)
-        self.fail(replies.bad_gateway("upstream_reset", "The backend closed the connection early."))
+        pool = self.pool
+        retry = pool.retry if pool is not None else None
+        if (
+            retry is not None
+            and retry.on_reset
+            and self._may_resend()
+            and self._retry_elsewhere("reset_before_response")
+        ):
+            return
+        self.fail(
+            replies.bad_gateway("upstream_reset", "The backend closed the connection early."),
+            fault=True,
+        )
 
     def _retry_fresh(self, backend: Backend) -> None:
         """The stale keep-alive race: the backend closed an idle connection as we reused it."""
@@ -618,10 +690,72 @@ class Exchange:
         self.response_special = []
         self.client.loop.create_task(self._connect(backend, fresh=True))
 
+    # ---- retries on other backends ----
+
+    def _may_resend(self) -> bool:
+        """Bytes already went out: only an idempotent request whose bytes are all kept."""
+        return self.method in IDEMPOTENT and self.request_complete and self.replay is not None
+
+    def _status_retryable(self, status: int) -> bool:
+        pool = self.pool
+        retry = pool.retry if pool is not None else None
+        return (
+            retry is not None
+            and status in retry.statuses
+            and self.request_complete
+            and self.replay is not None
+            and self.tries < retry.attempts
+        )
+
+    def _retry_after_status(self) -> None:
+        status, self.retry_status = self.retry_status, 0
+        self.out.clear()
+        self._drop_upstream()  # its body was not read: the connection cannot be reused
+        if not self._retry_elsewhere(f"status {status}"):
+            self.fail(
+                LocalReply(status, f"upstream_{status}", f"The backend answered {status}."),
+                fault=True,
+            )
+
+    def _retry_elsewhere(self, why: str) -> bool:
+        """Re-picks, avoiding every backend that failed this request; False if it may not."""
+        pool, backend = self.pool, self.backend
+        retry = pool.retry if pool is not None else None
+        if pool is None or retry is None or backend is None or self.tries >= retry.attempts:
+            return False
+        in_flight = sum(member.load.in_flight for member in pool.backends)
+        if not retry.allows_another(in_flight):
+            self.client.metrics.retries_refused.labels(pool.name).inc()
+            return False
+        if self.pending is None:  # it was sent: resend what the replay buffer kept
+            if self.replay is None:
+                return False
+            self.pending, self.replay = self.replay[1:], []
+        tried = self.tried = [*(self.tried or ()), backend]
+        self._release(failed=True, fault=True)
+        picked = pool.strategy.pick(PickContext(self.client.client_ip), tried)
+        if isinstance(picked, NoBackend):
+            return False
+        if not self.tries:
+            retry.counter.active += 1
+        self.tries += 1
+        self.client.metrics.retries_by_reason.labels(pool.name, why).inc()
+        logger.info("retrying on {} after {} from {}", picked, why, backend)
+        self.parser = None
+        self.informational = False
+        self.trailers = None
+        self.response_headers = []
+        self.response_special = []
+        self._go(pool, picked)
+        return True
+
     def _invalid_response(self, detail: str) -> None:
         self.client.metrics.upstream_errors.labels("invalid_response").inc()
         logger.warning("backend {} sent an invalid response: {}", self.backend, detail)
-        self.fail(replies.bad_gateway("invalid_response", "The backend sent an invalid response."))
+        self.fail(
+            replies.bad_gateway("invalid_response", "The backend sent an invalid response."),
+            fault=True,
+        )
 
     def check_deadline(self, now: float) -> None:
         if self.finished:
@@ -629,7 +763,7 @@ class Exchange:
         if self.total_deadline and now >= self.total_deadline:
             self.client.metrics.timeouts.labels("total").inc()
             logger.warning("request to {} exceeded its total time", self.backend)
-            self.fail(replies.TOTAL_TIMEOUT)
+            self.fail(replies.TOTAL_TIMEOUT, fault=self.upstream is not None)
         elif self.deadline and now >= self.deadline and not self.response_started:
             if self.upstream is None:
                 self.client.metrics.timeouts.labels("queue").inc()
@@ -638,13 +772,22 @@ class Exchange:
                 return
             self.client.metrics.timeouts.labels("response").inc()
             logger.warning("backend {} did not answer in time", self.backend)
-            self.fail(replies.UPSTREAM_TIMEOUT)
+            pool = self.pool
+            retry = pool.retry if pool is not None else None
+            if retry is not None and retry.on_timeout and self._may_resend():
+                self._drop_upstream()
+                if self._retry_elsewhere("timeout"):
+                    return
+            self.fail(replies.UPSTREAM_TIMEOUT, fault=True)
 
-    def fail(self, reply: LocalReply) -> None:
-        """Ends the exchange with a local reply; the client connection closes when unsafe."""
+    def fail(self, reply: LocalReply, fault: bool = False) -> None:
+        """Ends the exchange with a local reply; the client connection closes when unsafe.
+
+        `fault`: the backend failed the request, which passive health detection counts.
+        """
         if self.finished:
             return
-        self._finish(reply.status >= 500)
+        self._finish(reply.status >= 500, fault)
         self._drop_upstream()
         if self.response_started:
             self.client.abort()  # the status line is gone: cutting the connection is the signal

@@ -58,6 +58,9 @@ TOTAL_TIMEOUT = LocalReply(504, "request_timeout", "The request took longer than
 QUEUE_TIMEOUT = LocalReply(
     503, "upstream_queue_timeout", "No connection to the backend became free in time."
 )
+CIRCUIT_OPEN = LocalReply(
+    503, "circuit_breaker", "The backend is at its limit; retry shortly.", close=False
+)
 CONNECT_TIMEOUT = LocalReply(
     504, "upstream_connect_timeout", "The backend could not be reached in time."
 )

@@ -183,7 +183,8 @@ def test_config_error_text_names_the_source_and_counts_problems() -> None:
         (
             pool_with(backendz=[]),
             "pools.app.backendz",
-            "algorithm, backends, connection_pool, sticky, timeouts, tls",
+            "algorithm, backends, circuit_breaker, connection_pool, health, panic_threshold, "
+            "passive, retries, sticky, timeouts, tls",
         ),
         (
             pool_with({"name": "a", "url": "http://x:1", "wieght": 2}),

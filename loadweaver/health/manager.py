@@ -1,0 +1,80 @@
+"""Where health meets the data plane: passive detectors per pool, active verdicts applied to the
+backends of the current snapshot, and the panic threshold, all through the backends' `healthy`.
+"""
+
+import asyncio
+from collections.abc import Mapping
+
+from loadweaver.balancing.base import Backend
+from loadweaver.config.models import PassiveHealth
+from loadweaver.control.snapshot import SnapshotHolder
+from loadweaver.health.passive import PassiveDetector
+from loadweaver.health.pools import PanicLog, refresh_pool
+from loadweaver.observability.metrics import Metrics
+
+
+class HealthManager:
+    def __init__(self, loop: asyncio.AbstractEventLoop, metrics: Metrics) -> None:
+        self._loop = loop
+        self._metrics = metrics
+        self._panic = PanicLog()
+        self._detectors: dict[str, PassiveDetector] = {}
+        self.holder: SnapshotHolder | None = None  # set once the first snapshot exists
+        self.verdicts: dict[tuple[str, str], bool] = {}  # (pool, backend) -> up, from checks
+
+    def detector(self, pool: str, settings: PassiveHealth) -> PassiveDetector:
+        """The pool's detector; it outlives snapshots so ejections carry over."""
+        detector = self._detectors.get(pool)
+        if detector is None:
+            detector = self._detectors[pool] = PassiveDetector(
+                pool,
+                settings,
+                self._loop,
+                lambda: self._backends(pool),
+                self.refresh,
+                self._ejected,
+            )
+        detector.settings = settings
+        return detector
+
+    def retain_only(self, pools: set[str]) -> None:
+        for name in [name for name in self._detectors if name not in pools]:
+            del self._detectors[name]
+
+    def apply_verdicts(self, verdicts: Mapping[tuple[str, str], bool]) -> None:
+        """Active verdicts, from this node's checks or the leader's."""
+        self.verdicts = dict(verdicts)
+        self.refresh_all()
+
+    def refresh_all(self) -> None:
+        if self.holder is None:
+            return
+        for name in self.holder.current.pools:
+            self.refresh(name)
+
+    def refresh(self, pool: str) -> None:
+        if self.holder is None:
+            return
+        snapshot = self.holder.current
+        runtime = snapshot.pools.get(pool)
+        config = snapshot.config.pools.get(pool)
+        if runtime is None or config is None:
+            return
+        for backend in runtime.backends:
+            backend.load.verdict_up = self.verdicts.get((pool, backend.name), True)
+        panic = refresh_pool(runtime.backends, config.panic_threshold)
+        self._panic.note(pool, panic)
+        self._metrics.pool_panic.labels(pool).set(1 if panic else 0)
+        for backend in runtime.backends:
+            self._metrics.backend_healthy.labels(pool, backend.name).set(
+                1 if backend.load.routable else 0
+            )
+
+    def _backends(self, pool: str) -> tuple[Backend, ...]:
+        if self.holder is None:
+            return ()
+        runtime = self.holder.current.pools.get(pool)
+        return runtime.backends if runtime is not None else ()
+
+    def _ejected(self, pool: str, backend: str) -> None:
+        self._metrics.ejections.labels(pool).inc()
