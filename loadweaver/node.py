@@ -40,6 +40,7 @@ from loadweaver.control.compiler import CompileResources, compile_snapshot
 from loadweaver.control.dynamic import base_data, compose_config, own_dynamic
 from loadweaver.control.editor import ConfigEditor, EditState
 from loadweaver.control.errors import NodeStartError
+from loadweaver.control.health_service import HealthService
 from loadweaver.control.leadership import Leadership
 from loadweaver.control.limiters import LimiterRegistry
 from loadweaver.control.loads import LoadRegistry
@@ -132,6 +133,9 @@ class Node:
         self.holder = SnapshotHolder(self._compile(self.config))
         self.health.holder = self.holder
         self.health.refresh_all()
+        self.health_checks = HealthService(
+            self.store, self.health, self.holder, lambda: self.leadership.lease
+        )
         self.editor = ConfigEditor(
             self._edit_state, self._commit_locked, self.sync_from_store, self._apply_lock
         )
@@ -152,6 +156,7 @@ class Node:
         self.connections.start()
         self._tasks.append(loop.create_task(refresh_ramping_pools(self.holder, loop.time)))
         self._tasks.append(loop.create_task(self.stats.run()))
+        self._tasks.append(loop.create_task(self.health_checks.run()))
         self._start_cluster_tasks()
         # Objects from startup live as long as the process: exclude them from every later
         # full collection, whose pauses would otherwise show up in tail latency.
@@ -320,6 +325,10 @@ class Node:
                 follow_changes(self.store, lambda: self.version, self.sync_from_store)
             ),
             loop.create_task(anti_entropy(self._check_cluster, cluster.anti_entropy_interval)),
+            loop.create_task(self.health_checks.follow()),
+            loop.create_task(
+                anti_entropy(self.health_checks.sync_from_store, cluster.anti_entropy_interval)
+            ),
         ]
 
     async def cluster_members(self) -> tuple[list[dict[str, Any]], str | None, bool]:
@@ -484,7 +493,7 @@ class Node:
         self.pools.retain_only(backend.connections for backend in backends)
         self.resources.limiters.retain_only(config.rate_limits)
         self.health.retain_only(set(config.pools))
-        self.health.refresh_all()
+        self.health_checks.snapshot_changed()
         self.resources.loads.retain_only(
             (backend.pool_name, backend.name, backend.address) for backend in backends
         )
@@ -553,9 +562,11 @@ class Node:
             left = await self.connections.drain(grace)
             if left:
                 logger.warning("closed {} connection(s) still busy after the grace period", left)
-        for task in self._tasks:
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
             task.cancel()
-        self._tasks.clear()
+        if tasks:  # let them finish their cleanup (the health checker closes its session)
+            await asyncio.wait(tasks, timeout=2.0)
         await self.leadership.release()
         if self.store.kind != "memory":
             with contextlib.suppress(StoreError):

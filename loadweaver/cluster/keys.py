@@ -36,6 +36,14 @@ class KeySchema:
     def fence(self) -> str:
         return f"{self.prefix}leader:fence"  # counter: the last fencing token issued
 
+    @property
+    def verdicts(self) -> str:
+        return f"{self.prefix}health"  # hash: "pool/backend" -> verdict
+
+    @property
+    def verdict_events(self) -> str:
+        return f"{self.prefix}health:events"  # pub/sub channel: a verdict changed
+
     def session(self, pool: str, key: str) -> str:
         return f"{self.prefix}session:{pool}:{key}"
 

@@ -37,6 +37,8 @@ class MemoryStore:
         self._fence = 0
         self._sessions: dict[tuple[str, str], tuple[str, float]] = {}
         self._buckets: dict[str, tuple[float, float, float]] = {}  # tokens, at, expires
+        self._verdicts: dict[str, dict[str, Any]] = {}
+        self._verdict_subscribers: list[asyncio.Queue[None]] = []
 
     @property
     def description(self) -> str:
@@ -127,6 +129,31 @@ class MemoryStore:
         return (
             self._lease is not None and self._lease[0] == lease and self._lease[1] > self._clock()
         )
+
+    # ---- health verdicts ----
+
+    async def save_verdict(
+        self, key: str, verdict: dict[str, Any], fence: Lease | None = None
+    ) -> None:
+        if fence is not None and not self._holds(fence):
+            raise FencedOutError(f"lease {fence.token} of {fence.node_id} is no longer current")
+        self._verdicts[key] = dict(verdict)
+        for queue in self._verdict_subscribers:
+            queue.put_nowait(None)
+
+    async def load_verdicts(self) -> dict[str, dict[str, Any]]:
+        return dict(self._verdicts)
+
+    async def verdict_changes(self) -> AsyncIterator[None]:
+        queue: asyncio.Queue[None] = asyncio.Queue()
+        self._verdict_subscribers.append(queue)
+        try:
+            yield None
+            while True:
+                await queue.get()
+                yield None
+        finally:
+            self._verdict_subscribers.remove(queue)
 
     # ---- sticky sessions ----
 

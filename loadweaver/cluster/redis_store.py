@@ -49,6 +49,7 @@ class RedisStore:
         self._renew = register(scripts.RENEW_LEASE)
         self._release = register(scripts.RELEASE_LEASE)
         self._take = register(scripts.TAKE_TOKENS)
+        self._save_verdict = register(scripts.SAVE_VERDICT)
 
     @property
     def description(self) -> str:
@@ -195,6 +196,49 @@ class RedisStore:
             return None
         node_id, _, token = _as_bytes(raw).decode().rpartition(":")
         return Lease(node_id, int(token)) if token.isdigit() else None
+
+    # ---- health verdicts ----
+
+    async def save_verdict(
+        self, key: str, verdict: dict[str, Any], fence: Lease | None = None
+    ) -> None:
+        keys = self._keys
+        fence_value = f"{fence.node_id}:{fence.token}" if fence else ""
+        saved = await self._call(
+            "recording a verdict",
+            lambda: self._save_verdict(
+                keys=[keys.verdicts, keys.lease],
+                args=[key, encode(verdict), fence_value, keys.verdict_events],
+            ),
+        )
+        if not saved:
+            raise FencedOutError(f"lease {fence_value} is no longer the leader's")
+
+    async def load_verdicts(self) -> dict[str, dict[str, Any]]:
+        raw = await self._call(
+            "reading verdicts", lambda: self._client.hgetall(self._keys.verdicts)
+        )
+        verdicts = {}
+        for field, record in raw.items():
+            try:
+                verdicts[_as_bytes(field).decode()] = decode(_as_bytes(record))
+            except CodecError:
+                continue  # written by another release: its own nodes read it
+        return verdicts
+
+    async def verdict_changes(self) -> AsyncIterator[None]:
+        pubsub = self._listener.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(self._keys.verdict_events)
+            yield None  # subscribed: whatever changed before now, the caller reads itself
+            async for message in pubsub.listen():
+                if message.get("type") == "message":
+                    yield None
+        except (RedisError, OSError) as error:
+            raise StoreError(f"lost the verdict feed: {type(error).__name__}: {error}") from None
+        finally:
+            with contextlib.suppress(RedisError, OSError):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     # ---- sticky sessions ----
 

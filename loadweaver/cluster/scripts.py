@@ -110,3 +110,15 @@ if tokens < 1 then
 end
 return {math.max(granted, 0), math.floor(tokens * 1000), wait}
 """
+
+SAVE_VERDICT = """
+-- KEYS[1]: verdicts hash ("pool/backend" -> record)   KEYS[2]: leader lease key
+-- ARGV[1]: field   ARGV[2]: record   ARGV[3]: fence "<node>:<token>" or ""   ARGV[4]: channel
+-- Returns 1, or 0 when the fence is no longer the lease
+if ARGV[3] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[3] then
+  return 0
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('PUBLISH', ARGV[4], ARGV[1])
+return 1
+"""

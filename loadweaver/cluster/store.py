@@ -112,6 +112,21 @@ class ClusterStore(Protocol):
 
     async def current_lease(self) -> Lease | None: ...
 
+    # ---- health verdicts ----
+
+    async def save_verdict(
+        self, key: str, verdict: dict[str, Any], fence: Lease | None = None
+    ) -> None:
+        """Records the leader's verdict for `key` (`pool/backend`) and announces it; raises
+        FencedOutError when `fence` is no longer the current lease."""
+        ...
+
+    async def load_verdicts(self) -> dict[str, dict[str, Any]]: ...
+
+    def verdict_changes(self) -> AsyncIterator[None]:
+        """A signal once subscribed, then one per verdict announced; best effort."""
+        ...
+
     # ---- sticky sessions ----
 
     async def session_get(self, pool: str, key: str, ttl: float) -> str | None:

@@ -1,0 +1,152 @@
+"""Runs the active checks where they belong and spreads their verdicts.
+
+One node probes for the whole cluster: the leader. It records each verdict change in the store,
+which announces it, and every node applies it through its health manager. A single node probes
+for itself, and so does every node while the store is unreachable (no leader can be trusted).
+Probes start on the new leader as soon as it wins the lease.
+"""
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+
+from loguru import logger
+
+from loadweaver.cluster.store import ClusterStore, Lease, StoreError
+from loadweaver.config.addresses import parse_upstream_url
+from loadweaver.control.snapshot import Snapshot, SnapshotHolder
+from loadweaver.health.checker import ActiveChecker, Key, Target
+from loadweaver.health.manager import HealthManager
+from loadweaver.health.verdict import Verdict
+
+DECIDE_INTERVAL = 0.2  # how often a node re-decides whether it should probe
+
+
+def targets_of(snapshot: Snapshot) -> list[Target]:
+    targets = []
+    for name, pool in snapshot.config.pools.items():
+        if pool.health is None:
+            continue
+        for backend in pool.backends:
+            address = parse_upstream_url(backend.url)
+            targets.append(Target(name, backend.name, address, pool.health, pool.tls))
+    return targets
+
+
+class HealthService:
+    def __init__(
+        self,
+        store: ClusterStore,
+        manager: HealthManager,
+        holder: SnapshotHolder,
+        lease: Callable[[], Lease | None],
+    ) -> None:
+        self._store = store
+        self._manager = manager
+        self._holder = holder
+        self._lease = lease
+        self.checker: ActiveChecker | None = None
+        self.verdicts: dict[Key, Verdict] = {}
+
+    @property
+    def probing(self) -> bool:
+        return self.checker is not None
+
+    def _should_probe(self) -> bool:
+        if self._store.kind == "memory":
+            return True
+        return self._lease() is not None or not getattr(self._store, "up", True)
+
+    async def run(self) -> None:
+        """Starts and stops this node's checker as leadership and the store come and go."""
+        try:
+            while True:
+                await self._decide()
+                await asyncio.sleep(DECIDE_INTERVAL)
+        finally:
+            await self._stop_probing()
+
+    async def _decide(self) -> None:
+        if self._should_probe() and self.checker is None:
+            await self._start_probing()
+        elif not self._should_probe() and self.checker is not None:
+            await self._stop_probing()
+            await self.sync_from_store()
+        if self.checker is not None:
+            self.checker.update(targets_of(self._holder.current))
+
+    async def _start_probing(self) -> None:
+        checker = ActiveChecker(self._changed)
+        with contextlib.suppress(StoreError):
+            stored = await self._load()
+            checker.seed(stored)  # verdicts survive a change of prober
+        self.checker = checker
+        checker.update(targets_of(self._holder.current))
+        logger.info("this node now runs the active health checks")
+
+    async def _stop_probing(self) -> None:
+        checker, self.checker = self.checker, None
+        if checker is not None:
+            await checker.close()
+            logger.info("this node stopped running the active health checks")
+
+    def snapshot_changed(self) -> None:
+        if self.checker is not None:
+            self.checker.update(targets_of(self._holder.current))
+        self._apply()
+
+    def _changed(self, pool: str, backend: str, verdict: Verdict) -> None:
+        self.verdicts[(pool, backend)] = verdict
+        self._apply()
+        if self._store.kind != "memory":
+            task = asyncio.get_running_loop().create_task(self._record(pool, backend, verdict))
+            task.add_done_callback(_log_failure)
+
+    async def _record(self, pool: str, backend: str, verdict: Verdict) -> None:
+        lease = self._lease()
+        if lease is None:
+            return  # probing alone while the store is down: the verdict stays local
+        await self._store.save_verdict(f"{pool}/{backend}", dict(verdict.to_json()), lease)
+
+    async def follow(self) -> None:
+        """Applies the leader's verdicts as they are announced (and once per subscription)."""
+        while True:
+            try:
+                async for _ in self._store.verdict_changes():
+                    await self.sync_from_store()
+            except StoreError as error:
+                logger.debug("verdict feed interrupted: {}", error)
+            await asyncio.sleep(0.5)
+
+    async def sync_from_store(self) -> None:
+        if self.checker is not None:
+            return  # this node's own checks decide
+        try:
+            self.verdicts = await self._load()
+        except StoreError:
+            return
+        self._apply()
+
+    async def _load(self) -> dict[Key, Verdict]:
+        verdicts = {}
+        for field, record in (await self._store.load_verdicts()).items():
+            pool, _, backend = field.partition("/")
+            try:
+                verdicts[(pool, backend)] = Verdict.from_json(record)
+            except ValueError:
+                continue
+        return verdicts
+
+    def _apply(self) -> None:
+        current = self.checker.verdicts() if self.checker is not None else self.verdicts
+        self._manager.apply_verdicts({key: verdict.up for key, verdict in current.items()})
+
+
+def _log_failure(task: "asyncio.Task[None]") -> None:
+    if task.cancelled():
+        return
+    error = task.exception()
+    if isinstance(error, StoreError):
+        logger.warning("a health verdict was not recorded in the store: {}", error)
+    elif error is not None:
+        logger.opt(exception=error).error("recording a health verdict failed")
