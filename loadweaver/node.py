@@ -134,7 +134,12 @@ class Node:
         self.health.holder = self.holder
         self.health.refresh_all()
         self.health_checks = HealthService(
-            self.store, self.health, self.holder, lambda: self.leadership.lease
+            self.store,
+            self.health,
+            self.holder,
+            lambda: self.leadership.lease,
+            self.config.node.id,
+            lambda: self.live_nodes,
         )
         self.editor = ConfigEditor(
             self._edit_state, self._commit_locked, self.sync_from_store, self._apply_lock

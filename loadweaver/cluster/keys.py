@@ -44,6 +44,10 @@ class KeySchema:
     def verdict_events(self) -> str:
         return f"{self.prefix}health:events"  # pub/sub channel: a verdict changed
 
+    @property
+    def ejections(self) -> str:
+        return f"{self.prefix}ejections"  # hash: "pool/backend|node" -> expiry (ms, Redis clock)
+
     def session(self, pool: str, key: str) -> str:
         return f"{self.prefix}session:{pool}:{key}"
 

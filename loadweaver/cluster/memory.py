@@ -38,6 +38,7 @@ class MemoryStore:
         self._sessions: dict[tuple[str, str], tuple[str, float]] = {}
         self._buckets: dict[str, tuple[float, float, float]] = {}  # tokens, at, expires
         self._verdicts: dict[str, dict[str, Any]] = {}
+        self._ejections: dict[tuple[str, str], float] = {}  # (key, node) -> expiry
         self._verdict_subscribers: list[asyncio.Queue[None]] = []
 
     @property
@@ -154,6 +155,18 @@ class MemoryStore:
                 yield None
         finally:
             self._verdict_subscribers.remove(queue)
+
+    async def report_ejection(self, node_id: str, key: str, ttl: float) -> None:
+        self._ejections[(key, node_id)] = self._clock() + ttl
+
+    async def ejection_reports(self) -> dict[str, set[str]]:
+        now = self._clock()
+        for item in [item for item, expiry in self._ejections.items() if expiry <= now]:
+            del self._ejections[item]
+        reports: dict[str, set[str]] = {}
+        for key, node_id in self._ejections:
+            reports.setdefault(key, set()).add(node_id)
+        return reports
 
     # ---- sticky sessions ----
 

@@ -50,6 +50,8 @@ class RedisStore:
         self._release = register(scripts.RELEASE_LEASE)
         self._take = register(scripts.TAKE_TOKENS)
         self._save_verdict = register(scripts.SAVE_VERDICT)
+        self._report_ejection = register(scripts.REPORT_EJECTION)
+        self._ejections = register(scripts.EJECTIONS)
 
     @property
     def description(self) -> str:
@@ -239,6 +241,24 @@ class RedisStore:
         finally:
             with contextlib.suppress(RedisError, OSError):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def report_ejection(self, node_id: str, key: str, ttl: float) -> None:
+        name = self._keys.ejections
+        await self._call(
+            "reporting an ejection",
+            lambda: self._report_ejection(
+                keys=[name], args=[f"{key}|{node_id}", _milliseconds(ttl)]
+            ),
+        )
+
+    async def ejection_reports(self) -> dict[str, set[str]]:
+        name = self._keys.ejections
+        fields = await self._call("reading ejections", lambda: self._ejections(keys=[name]))
+        reports: dict[str, set[str]] = {}
+        for field in fields:
+            key, _, node_id = _as_bytes(field).decode().rpartition("|")
+            reports.setdefault(key, set()).add(node_id)
+        return reports
 
     # ---- sticky sessions ----
 

@@ -122,3 +122,30 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('PUBLISH', ARGV[4], ARGV[1])
 return 1
 """
+
+REPORT_EJECTION = """
+-- KEYS[1]: ejections hash ("pool/backend|node" -> expiry in ms)
+-- ARGV[1]: field   ARGV[2]: ttl in ms
+-- Returns the expiry written (Redis clock, ms)
+local t = redis.call('TIME')
+local expiry = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[2])
+redis.call('HSET', KEYS[1], ARGV[1], expiry)
+return expiry
+"""
+
+EJECTIONS = """
+-- KEYS[1]: ejections hash
+-- Returns the fields whose expiry is in the future; deletes the others
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local entries = redis.call('HGETALL', KEYS[1])
+local live = {}
+for i = 1, #entries, 2 do
+  if tonumber(entries[i + 1]) <= now then
+    redis.call('HDEL', KEYS[1], entries[i])
+  else
+    live[#live + 1] = entries[i]
+  end
+end
+return live
+"""

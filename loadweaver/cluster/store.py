@@ -127,6 +127,14 @@ class ClusterStore(Protocol):
         """A signal once subscribed, then one per verdict announced; best effort."""
         ...
 
+    async def report_ejection(self, node_id: str, key: str, ttl: float) -> None:
+        """This node passively ejected backend `key` (`pool/backend`) for `ttl` seconds."""
+        ...
+
+    async def ejection_reports(self) -> dict[str, set[str]]:
+        """Backend key -> the nodes whose ejection of it has not expired."""
+        ...
+
     # ---- sticky sessions ----
 
     async def session_get(self, pool: str, key: str, ttl: float) -> str | None:

@@ -34,17 +34,23 @@ def targets_of(snapshot: Snapshot) -> list[Target]:
 
 
 class HealthService:
-    def __init__(
+    def __init__(  # noqa: PLR0917 - one call site, in node.py
         self,
         store: ClusterStore,
         manager: HealthManager,
         holder: SnapshotHolder,
         lease: Callable[[], Lease | None],
+        node_id: str,
+        live_nodes: Callable[[], int],
     ) -> None:
         self._store = store
         self._manager = manager
         self._holder = holder
         self._lease = lease
+        self._node_id = node_id
+        self._live_nodes = live_nodes
+        self._reports: set[asyncio.Task[None]] = set()
+        manager.on_ejection = self._report_ejection
         self.checker: ActiveChecker | None = None
         self.verdicts: dict[Key, Verdict] = {}
 
@@ -74,6 +80,30 @@ class HealthService:
             await self.sync_from_store()
         if self.checker is not None:
             self.checker.update(targets_of(self._holder.current))
+            if self._store.kind != "memory":
+                await self._weigh_ejections(self.checker)
+
+    async def _weigh_ejections(self, checker: ActiveChecker) -> None:
+        """A backend most nodes have ejected counts as failing, though its probes pass."""
+        try:
+            reports = await self._store.ejection_reports()
+        except StoreError:
+            return
+        live = max(1, self._live_nodes())
+        for key, nodes in reports.items():
+            pool, _, backend = key.partition("/")
+            if len(nodes) * 2 > live:
+                reason = f"ejected by passive detection on {len(nodes)} of {live} nodes"
+                checker.observe((pool, backend), False, reason)
+
+    def _report_ejection(self, pool: str, backend: str, seconds: float) -> None:
+        if self._store.kind == "memory":
+            return
+        report = self._store.report_ejection(self._node_id, f"{pool}/{backend}", seconds)
+        task = asyncio.get_running_loop().create_task(report)
+        self._reports.add(task)
+        task.add_done_callback(self._reports.discard)
+        task.add_done_callback(_log_failure)
 
     async def _start_probing(self) -> None:
         checker = ActiveChecker(self._changed)
@@ -97,6 +127,8 @@ class HealthService:
 
     def _changed(self, pool: str, backend: str, verdict: Verdict) -> None:
         self.verdicts[(pool, backend)] = verdict
+        if not verdict.up and verdict.held_until:
+            self._manager.note_flap(pool)
         self._apply()
         if self._store.kind != "memory":
             task = asyncio.get_running_loop().create_task(self._record(pool, backend, verdict))

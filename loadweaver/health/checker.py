@@ -157,6 +157,13 @@ class ActiveChecker:
                 server_name=target.tls.server_name,
             )
 
+    def observe(self, key: Key, ok: bool, reason: str) -> None:
+        """A result from elsewhere than a probe, such as other nodes' passive ejections; it
+        counts towards rise and fall like a probe's."""
+        target = self._targets.get(key)
+        if target is not None:
+            self._record(target, ProbeResult(ok, reason, 0.0))
+
     def _record(self, target: Target, result: ProbeResult) -> None:
         state = self._states.get(target.key)
         if state is None:  # removed while its probe ran

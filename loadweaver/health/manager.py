@@ -3,7 +3,7 @@ backends of the current snapshot, and the panic threshold, all through the backe
 """
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from loadweaver.balancing.base import Backend
 from loadweaver.config.models import PassiveHealth
@@ -21,6 +21,8 @@ class HealthManager:
         self._detectors: dict[str, PassiveDetector] = {}
         self.holder: SnapshotHolder | None = None  # set once the first snapshot exists
         self.verdicts: dict[tuple[str, str], bool] = {}  # (pool, backend) -> up, from checks
+        # Told of each passive ejection, so the cluster's prober can weigh it (set by the node).
+        self.on_ejection: Callable[[str, str, float], None] = _ignore
 
     def detector(self, pool: str, settings: PassiveHealth) -> PassiveDetector:
         """The pool's detector; it outlives snapshots so ejections carry over."""
@@ -76,5 +78,13 @@ class HealthManager:
         runtime = self.holder.current.pools.get(pool)
         return runtime.backends if runtime is not None else ()
 
-    def _ejected(self, pool: str, backend: str) -> None:
+    def _ejected(self, pool: str, backend: str, seconds: float) -> None:
         self._metrics.ejections.labels(pool).inc()
+        self.on_ejection(pool, backend, seconds)
+
+    def note_flap(self, pool: str) -> None:
+        self._metrics.health_flaps.labels(pool).inc()
+
+
+def _ignore(pool: str, backend: str, seconds: float) -> None:
+    """No one to tell: a node without a cluster prober."""

@@ -23,7 +23,7 @@ class PassiveDetector:
         loop: asyncio.AbstractEventLoop,
         backends: Callable[[], Sequence[Backend]],
         on_change: Callable[[str], None],
-        on_eject: Callable[[str, str], None],
+        on_eject: Callable[[str, str, float], None],
     ) -> None:
         self.pool = pool
         self.settings = settings
@@ -59,7 +59,7 @@ class PassiveDetector:
             settings.consecutive_failures,
         )
         self._loop.call_later(seconds, self._readmit, backend)
-        self._on_eject(self.pool, backend.name)
+        self._on_eject(self.pool, backend.name, seconds)
         self._on_change(self.pool)
 
     def _readmit(self, backend: Backend) -> None:
