@@ -275,11 +275,19 @@ class Exchange:
         # Until a connection is attached, this bounds the wait for a free slot in the pool.
         self.deadline = now + pool.response_timeout
         sticky = pool.sticky
+        client = self.client
+        if sticky is None and not (client.trusted and self._forwarded_for_present()):
+            picked = pool.strategy.pick(client.pick_context)  # the common case, inlined
+            if isinstance(picked, NoBackend):
+                self.fail(replies.no_backend(picked.reason))
+                return
+            self._go(pool, picked)
+            return
         if sticky is not None and sticky.shared is not None:
             session = sticky.session_of(self.headers)
             if session is not None and not sticky.shared.cached(session):
                 # A session this node has not seen may be pinned on another: ask first.
-                self.client.loop.create_task(self._start_after_lookup(sticky.shared, session))
+                client.loop.create_task(self._start_after_lookup(sticky.shared, session))
                 return
         self._pick_and_go(pool)
 
@@ -519,7 +527,7 @@ class Exchange:
         if 100 <= status < 200 and status != 101:
             self._relay_informational(status)
             return
-        if self.retry_status or self._status_retryable(status):
+        if status >= 502 and (self.retry_status or self._status_retryable(status)):
             self.retry_status = status  # its body is discarded with the connection
             return
         self.status = status
@@ -613,11 +621,12 @@ class Exchange:
         """The whole response reached the client's transport."""
         if self.finished:
             return
-        status = self.status
+        failed = self.status >= 500
         pool = self.pool
-        self._finish(
-            status >= 500, status >= 500 and pool is not None and pool.failures_include_5xx
-        )
+        self.finished = True  # _finish, inlined for the common case
+        self._release(failed, failed and pool is not None and pool.failures_include_5xx)
+        if self.tries and pool is not None and pool.retry is not None:
+            pool.retry.counter.active -= 1
         connection, self.upstream = self.upstream, None
         if connection is not None:
             if self.client.write_paused and connection.transport is not None:
