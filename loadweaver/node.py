@@ -60,6 +60,19 @@ from loadweaver.proxy.tls import TlsConfigError
 __all__ = ["Node", "NodeStartError"]
 
 
+async def _cancel_all(tasks: list[asyncio.Task[None]], patience: float = 2.0) -> None:
+    """Cancels until they are done: on Python 3.11 asyncio.wait_for (which redis-py uses for
+    every command) can swallow a cancellation that lands as its call completes."""
+    pending = set(tasks)
+    deadline = time.monotonic() + patience
+    while pending and time.monotonic() < deadline:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.1)
+    if pending:
+        logger.warning("{} background task(s) did not stop in time", len(pending))
+
+
 def _sources_of(config: Config, path: Path | None) -> dict[str, str]:
     """The layers behind `config` when the caller did not say: its file's, if it reads."""
     if path is not None:
@@ -141,6 +154,7 @@ class Node:
             self.config.node.id,
             lambda: self.live_nodes,
         )
+        await self.health_checks.sync_from_store()  # no traffic to a backend known to be down
         self.editor = ConfigEditor(
             self._edit_state, self._commit_locked, self.sync_from_store, self._apply_lock
         )
@@ -567,11 +581,8 @@ class Node:
             left = await self.connections.drain(grace)
             if left:
                 logger.warning("closed {} connection(s) still busy after the grace period", left)
-        tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        if tasks:  # let them finish their cleanup (the health checker closes its session)
-            await asyncio.wait(tasks, timeout=2.0)
+        await _cancel_all(self._tasks)
+        self._tasks = []
         await self.leadership.release()
         if self.store.kind != "memory":
             with contextlib.suppress(StoreError):

@@ -50,6 +50,8 @@ class HealthService:
         self._node_id = node_id
         self._live_nodes = live_nodes
         self._reports: set[asyncio.Task[None]] = set()
+        self._unsaved: set[Key] = set()  # verdicts the store has not got yet
+        self._written_for: int = 0  # the lease token under which every verdict was written
         manager.on_ejection = self._report_ejection
         self.checker: ActiveChecker | None = None
         self.verdicts: dict[Key, Verdict] = {}
@@ -80,8 +82,28 @@ class HealthService:
             await self.sync_from_store()
         if self.checker is not None:
             self.checker.update(targets_of(self._holder.current))
-            if self._store.kind != "memory":
+            lease = self._lease()
+            if self._store.kind != "memory" and lease is not None:
+                await self._write_unsaved(self.checker, lease)
                 await self._weigh_ejections(self.checker)
+
+    async def _write_unsaved(self, checker: ActiveChecker, lease: Lease) -> None:
+        """A new term writes everything this node knows (it may have probed alone while the
+        store was down); otherwise only what an earlier write failed to record."""
+        verdicts = checker.verdicts()
+        if self._written_for != lease.token:
+            self._unsaved |= set(verdicts)
+            self._written_for = lease.token
+        for key in sorted(self._unsaved):
+            verdict = verdicts.get(key)
+            try:
+                if verdict is not None:
+                    await self._store.save_verdict(
+                        f"{key[0]}/{key[1]}", dict(verdict.to_json()), lease
+                    )
+            except StoreError:
+                return  # the next round tries again
+            self._unsaved.discard(key)
 
     async def _weigh_ejections(self, checker: ActiveChecker) -> None:
         """A backend most nodes have ejected counts as failing, though its probes pass."""
@@ -107,9 +129,10 @@ class HealthService:
 
     async def _start_probing(self) -> None:
         checker = ActiveChecker(self._changed)
+        known = dict(self.verdicts)
         with contextlib.suppress(StoreError):
-            stored = await self._load()
-            checker.seed(stored)  # verdicts survive a change of prober
+            known = _newest(known, await self._load())
+        checker.seed(known)  # verdicts survive a change of prober
         self.checker = checker
         checker.update(targets_of(self._holder.current))
         logger.info("this node now runs the active health checks")
@@ -137,8 +160,13 @@ class HealthService:
     async def _record(self, pool: str, backend: str, verdict: Verdict) -> None:
         lease = self._lease()
         if lease is None:
-            return  # probing alone while the store is down: the verdict stays local
-        await self._store.save_verdict(f"{pool}/{backend}", dict(verdict.to_json()), lease)
+            self._unsaved.add((pool, backend))  # probing alone: written once a lease is won
+            return
+        try:
+            await self._store.save_verdict(f"{pool}/{backend}", dict(verdict.to_json()), lease)
+        except StoreError:
+            self._unsaved.add((pool, backend))  # _decide writes it again while we lead
+            raise
 
     async def follow(self) -> None:
         """Applies the leader's verdicts as they are announced (and once per subscription)."""
@@ -154,9 +182,10 @@ class HealthService:
         if self.checker is not None:
             return  # this node's own checks decide
         try:
-            self.verdicts = await self._load()
+            stored = await self._load()
         except StoreError:
             return
+        self.verdicts = _newest(self.verdicts, stored)
         self._apply()
 
     async def _load(self) -> dict[Key, Verdict]:
@@ -182,3 +211,17 @@ def _log_failure(task: "asyncio.Task[None]") -> None:
         logger.warning("a health verdict was not recorded in the store: {}", error)
     elif error is not None:
         logger.opt(exception=error).error("recording a health verdict failed")
+
+
+def _field(key: Key) -> str:
+    return f"{key[0]}/{key[1]}"
+
+
+def _newest(own: dict[Key, Verdict], stored: dict[Key, Verdict]) -> dict[Key, Verdict]:
+    """Per backend, the verdict that changed last: one this node reached while the store was
+    down must not be replaced by an older one the store kept."""
+    merged = dict(stored)
+    for key, verdict in own.items():
+        if key not in merged or verdict.changed_at > merged[key].changed_at:
+            merged[key] = verdict
+    return merged
