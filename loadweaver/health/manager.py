@@ -62,15 +62,30 @@ class HealthManager:
         config = snapshot.config.pools.get(pool)
         if runtime is None or config is None:
             return
+        was_routable = {backend.name: backend.load.routable for backend in runtime.backends}
         for backend in runtime.backends:
-            backend.load.verdict_up = self.verdicts.get((pool, backend.name), True)
+            self._apply_verdict(pool, backend)
         panic = refresh_pool(runtime.backends, config.panic_threshold)
         self._panic.note(pool, panic)
         self._metrics.pool_panic.labels(pool).set(1 if panic else 0)
+        recovered = False
         for backend in runtime.backends:
-            self._metrics.backend_healthy.labels(pool, backend.name).set(
-                1 if backend.load.routable else 0
-            )
+            load = backend.load
+            if load.routable and not was_routable[backend.name]:
+                load.joined_at = self._loop.time()  # a recovered backend ramps up again
+                recovered = True
+            self._metrics.backend_healthy.labels(pool, backend.name).set(1 if load.routable else 0)
+        if recovered:
+            runtime.strategy.on_hosts_changed(runtime.backends)
+
+    def _apply_verdict(self, pool: str, backend: Backend) -> None:
+        load = backend.load
+        up = self.verdicts.get((pool, backend.name), True)
+        if up and not load.verdict_up and load.ejected:
+            # Its checks pass again: the active verdict ends a passive ejection (as Envoy does),
+            # so a restarted backend does not sit out the rest of its back-off.
+            load.ejected, load.ejections = False, 0
+        load.verdict_up = up
 
     def _backends(self, pool: str) -> tuple[Backend, ...]:
         if self.holder is None:
