@@ -7,12 +7,14 @@ Each returns a `Proxy`/`Proxied` whose `connect()` opens a raw client to the nod
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
 import uvloop
+from loguru import logger
 
 from loadweaver.node import Node
 from tests.support.backend import Backend, Handler, echo_handler
@@ -124,3 +126,19 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         if name.upper().startswith("LOADWEAVER_"):
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
+
+
+def _stderr(message: str) -> None:
+    # Looked up at each write: pytest swaps sys.stderr between tests.
+    sys.stderr.write(message)
+
+
+@pytest.fixture
+def quiet_node_logs() -> Iterator[None]:
+    """In-process nodes log to this process's stderr: keep warnings, so printed figures stand
+    out."""
+    logger.remove()
+    logger.add(_stderr, level="WARNING")
+    yield
+    logger.remove()
+    logger.add(_stderr)  # every level, as loguru's default handler

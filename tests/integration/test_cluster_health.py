@@ -13,14 +13,12 @@ results to rise or fall; the cluster runs tests/support/cluster.py's fast timing
 import asyncio
 import contextlib
 import statistics
-import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from loguru import logger
 
 from loadweaver.cluster.codec import decode
 from loadweaver.cluster.store import StoreError
@@ -58,19 +56,7 @@ SETTLE = 5.0  # seconds: a generous bound for anything that should take millisec
 STORE_UP = "loadweaver_cluster_store_up"
 
 
-def _stderr(message: str) -> None:
-    # Looked up at each write: pytest swaps sys.stderr between tests.
-    sys.stderr.write(message)
-
-
-@pytest.fixture(autouse=True)
-def quiet_node_logs() -> Iterator[None]:
-    """In-process nodes log to this process's stderr: keep warnings, so the figures stand out."""
-    logger.remove()
-    logger.add(_stderr, level="WARNING")
-    yield
-    logger.remove()
-    logger.add(_stderr)  # every level, as loguru's default handler
+pytestmark = pytest.mark.usefixtures("quiet_node_logs")
 
 
 # ---------------------------------------------------------------- backends that count probes

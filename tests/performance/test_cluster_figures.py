@@ -12,13 +12,10 @@ so they can be quoted, and asserted loosely so a busy 2-core machine does not fa
 
 import asyncio
 import math
-import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from loguru import logger
 
 from loadweaver.control.snapshot import Snapshot
 from loadweaver.node import Node
@@ -42,19 +39,7 @@ OUTAGE = 1.5  # seconds Redis is down, and seconds of traffic after it is back
 STORE_UP = "loadweaver_cluster_store_up"
 
 
-def _stderr(message: str) -> None:
-    # Looked up at each write: pytest swaps sys.stderr between tests.
-    sys.stderr.write(message)
-
-
-@pytest.fixture(autouse=True)
-def quiet_node_logs() -> Iterator[None]:
-    """In-process nodes log to this process's stderr: keep warnings, so the figures stand out."""
-    logger.remove()
-    logger.add(_stderr, level="WARNING")
-    yield
-    logger.remove()
-    logger.add(_stderr)  # every level, as loguru's default handler
+pytestmark = pytest.mark.usefixtures("quiet_node_logs")
 
 
 def percentile(samples: list[float], fraction: float) -> float:

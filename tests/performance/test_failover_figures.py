@@ -16,14 +16,12 @@ Active checks: interval 200 ms, timeout 100 ms, fast_interval 100 ms, fall 3, ri
 
 import asyncio
 import statistics
-import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from loguru import logger
 
 from tests.conftest import StartProxy
 from tests.support.nodes import Proxy
@@ -54,19 +52,7 @@ STEADY = 0.5  # seconds of load before each fault
 AFTER_KILL = 1.5  # seconds of load counted after each kill
 
 
-def _stderr(message: str) -> None:
-    # Looked up at each write: pytest swaps sys.stderr between tests.
-    sys.stderr.write(message)
-
-
-@pytest.fixture(autouse=True)
-def quiet_node_logs() -> Iterator[None]:
-    """In-process nodes log every retry at INFO: keep warnings, so the figures stand out."""
-    logger.remove()
-    logger.add(_stderr, level="WARNING")
-    yield
-    logger.remove()
-    logger.add(_stderr)  # every level, as loguru's default handler
+pytestmark = pytest.mark.usefixtures("quiet_node_logs")
 
 
 def ms(seconds: float) -> str:
