@@ -20,6 +20,7 @@ from loadweaver.cluster.state import StoredConfig
 from loadweaver.cluster.store import FencedOutError, Grant, Lease, StoreError, VersionConflictError
 
 STATE_FILE_NAME = "loadweaver-state.json"
+VERDICTS_FILE_NAME = "loadweaver-health.json"
 
 
 class MemoryStore:
@@ -139,10 +140,17 @@ class MemoryStore:
         if fence is not None and not self._holds(fence):
             raise FencedOutError(f"lease {fence.token} of {fence.node_id} is no longer current")
         self._verdicts[key] = dict(verdict)
+        if self.path is not None:
+            verdicts_file = self.path.with_name(VERDICTS_FILE_NAME)
+            await asyncio.to_thread(_write_json, verdicts_file, self._verdicts)
         for queue in self._verdict_subscribers:
             queue.put_nowait(None)
 
     async def load_verdicts(self) -> dict[str, dict[str, Any]]:
+        if self.path is not None and not self._verdicts:
+            self._verdicts = await asyncio.to_thread(
+                _read_verdicts, self.path.with_name(VERDICTS_FILE_NAME)
+            )
         return dict(self._verdicts)
 
     async def verdict_changes(self) -> AsyncIterator[None]:
@@ -245,8 +253,24 @@ def _read(path: Path) -> StoredConfig:
         ) from None
 
 
+def _read_verdicts(path: Path) -> dict[str, dict[str, Any]]:
+    """Verdicts from an earlier run; a missing or damaged file only means probing afresh."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {str(key): value for key, value in data.items() if isinstance(value, dict)}
+
+
 def _write(path: Path, state: StoredConfig) -> None:
-    text = json.dumps(state.to_json(), indent=2, sort_keys=True)
+    _write_json(path, state.to_json())
+
+
+def _write_json(path: Path, value: Any) -> None:
+    """Atomically: a temporary file, fsync, rename, fsync of the directory."""
+    text = json.dumps(value, indent=2, sort_keys=True)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")

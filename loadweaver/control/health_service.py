@@ -153,12 +153,15 @@ class HealthService:
         if not verdict.up and verdict.held_until:
             self._manager.note_flap(pool)
         self._apply()
-        if self._store.kind != "memory":
-            task = asyncio.get_running_loop().create_task(self._record(pool, backend, verdict))
-            task.add_done_callback(_log_failure)
+        task = asyncio.get_running_loop().create_task(self._record(pool, backend, verdict))
+        task.add_done_callback(_log_failure)
 
     async def _record(self, pool: str, backend: str, verdict: Verdict) -> None:
         lease = self._lease()
+        if self._store.kind == "memory":
+            # One node: no lease to fence with; the store keeps verdicts across restarts.
+            await self._store.save_verdict(f"{pool}/{backend}", dict(verdict.to_json()))
+            return
         if lease is None:
             self._unsaved.add((pool, backend))  # probing alone: written once a lease is won
             return
