@@ -18,6 +18,7 @@ from loadweaver.admin.auth import AdminTokenError, check_exposure, resolve_token
 from loadweaver.admin.server import AdminServer
 from loadweaver.balancing.sticky import MemorySessionTable, SessionTable, SharedSessions
 from loadweaver.cluster.factory import build_store
+from loadweaver.cluster.memory import VERDICTS_FILE_NAME
 from loadweaver.cluster.state import DYNAMIC_SECTIONS, StoredConfig
 from loadweaver.cluster.store import (
     ClusterStore,
@@ -153,6 +154,8 @@ class Node:
             lambda: self.leadership.lease,
             self.config.node.id,
             lambda: self.live_nodes,
+            # Workers share verdicts through the state dir; without one each probes for itself.
+            lambda: self.serve_admin or self.store.watch_path is None,
         )
         await self.health_checks.sync_from_store()  # no traffic to a backend known to be down
         self.editor = ConfigEditor(
@@ -433,6 +436,12 @@ class Node:
         if not self.serve_admin and state_file is not None:
             self._tasks.append(
                 loop.create_task(watch_config_files([state_file], self.sync_from_store))
+            )
+            verdicts_file = state_file.with_name(VERDICTS_FILE_NAME)
+            self._tasks.append(
+                loop.create_task(
+                    watch_config_files([verdicts_file], self.health_checks.sync_from_store)
+                )
             )
 
     async def reload(self) -> bool:

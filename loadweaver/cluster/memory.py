@@ -147,7 +147,7 @@ class MemoryStore:
             queue.put_nowait(None)
 
     async def load_verdicts(self) -> dict[str, dict[str, Any]]:
-        if self.path is not None and not self._verdicts:
+        if self.path is not None:  # another worker of this node may have written it
             self._verdicts = await asyncio.to_thread(
                 _read_verdicts, self.path.with_name(VERDICTS_FILE_NAME)
             )

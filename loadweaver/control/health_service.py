@@ -42,13 +42,17 @@ class HealthService:
         lease: Callable[[], Lease | None],
         node_id: str,
         live_nodes: Callable[[], int],
+        single_prober: Callable[[], bool] = lambda: True,
     ) -> None:
+        """`single_prober`: on one machine without Redis, whether this process probes (with
+        --workers N only the one serving the admin API does; the others read its verdicts)."""
         self._store = store
         self._manager = manager
         self._holder = holder
         self._lease = lease
         self._node_id = node_id
         self._live_nodes = live_nodes
+        self._single_prober = single_prober
         self._reports: set[asyncio.Task[None]] = set()
         self._unsaved: set[Key] = set()  # verdicts the store has not got yet
         self._written_for: int = 0  # the lease token under which every verdict was written
@@ -62,7 +66,7 @@ class HealthService:
 
     def _should_probe(self) -> bool:
         if self._store.kind == "memory":
-            return True
+            return self._single_prober()
         return self._lease() is not None or not getattr(self._store, "up", True)
 
     async def run(self) -> None:
