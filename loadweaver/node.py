@@ -434,15 +434,21 @@ class Node:
             self._tasks.append(loop.create_task(watch_config_files(paths, self.reload)))
         state_file = self.store.watch_path
         if not self.serve_admin and state_file is not None:
-            self._tasks.append(
-                loop.create_task(watch_config_files([state_file], self.sync_from_store))
-            )
+            # The admin worker may not have created the directory yet: a watch needs it.
+            state_file.parent.mkdir(parents=True, exist_ok=True)
             verdicts_file = state_file.with_name(VERDICTS_FILE_NAME)
-            self._tasks.append(
+            self._tasks += [
+                loop.create_task(watch_config_files([state_file], self.sync_from_store)),
                 loop.create_task(
                     watch_config_files([verdicts_file], self.health_checks.sync_from_store)
-                )
-            )
+                ),
+                # A watch can miss a write made while it was being set up: read now and then.
+                loop.create_task(anti_entropy(self._follow_state_dir, 1.0)),
+            ]
+
+    async def _follow_state_dir(self) -> None:
+        await self.sync_from_store()
+        await self.health_checks.sync_from_store()
 
     async def reload(self) -> bool:
         """Re-reads the config file; an invalid one keeps the running config. True on success."""

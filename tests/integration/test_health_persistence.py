@@ -2,6 +2,7 @@
 to be down takes no traffic before its first probe of the new run."""
 
 import asyncio
+import json
 import signal
 import time
 from pathlib import Path
@@ -12,10 +13,17 @@ from loadweaver.node import Node
 from tests.conftest import StartNode
 from tests.support.client import RawClient, get
 from tests.support.nodes import NodeProcess, node_config
-from tests.support.switchable import Switchables
+from tests.support.switchable import SwitchableBackend, Switchables
 from tests.support.switchable import switchables as switchables_fixture  # noqa: F401
 
-HEALTH = {"path": "/healthz", "interval": "0.2s", "timeout": "0.1s", "rise": 2, "fall": 2}
+HEALTH = {
+    "path": "/healthz",
+    "interval": "0.2s",
+    "timeout": "0.1s",
+    "fast_interval": "0.1s",
+    "rise": 2,
+    "fall": 2,
+}
 
 
 def healthy(node: Node, backend: str) -> bool:
@@ -28,6 +36,24 @@ async def until(condition: Any, timeout: float = 5.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not reached in time"
         await asyncio.sleep(0.02)
+
+
+def marked_down(verdicts: Path, key: str) -> bool:
+    try:
+        recorded = json.loads(verdicts.read_text())
+    except (OSError, ValueError):
+        return False
+    return key in recorded and recorded[key]["up"] is False
+
+
+async def a_round_avoids(port: int, backend: SwitchableBackend, requests: int = 40) -> bool:
+    served_before = len(backend.arrivals)
+    for _ in range(requests):
+        client = await RawClient.connect(port)
+        await client.send(get("/"))
+        assert (await client.read_response()).status == 200
+        await client.close()
+    return len(backend.arrivals) == served_before
 
 
 async def test_a_down_verdict_survives_a_restart_of_a_single_node(
@@ -66,14 +92,13 @@ async def test_with_two_workers_one_probes_and_both_follow_its_verdicts(
         probes = b1.probes
         assert 3 <= probes <= 8, f"{probes} probes in 5 intervals: more than one worker probes"
         b1.healthy = False
-        await asyncio.sleep(1.0)  # fall 2 at 0.2 s, with room for the file to reach worker 2
-        served_before = len(b1.arrivals)
-        for _ in range(40):  # fresh connections land on both workers
-            client = await RawClient.connect(node.port)
-            await client.send(get("/"))
-            assert (await client.read_response()).status == 200
-            await client.close()
-        assert len(b1.arrivals) == served_before, "a worker still sends traffic to b1"
+        verdicts = tmp_path / "state" / VERDICTS_FILE_NAME
+        await until(lambda: marked_down(verdicts, "app/b1"))
+        # The other worker reads the file on a watch (or within a second): fresh connections
+        # land on both workers, and a round of them must all avoid b1.
+        deadline = time.monotonic() + 5.0
+        while not await a_round_avoids(node.port, b1):
+            assert time.monotonic() < deadline, "a worker still sends traffic to b1"
     finally:
         node.signal(signal.SIGTERM)
         await node.wait_exit()
