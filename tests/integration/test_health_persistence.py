@@ -66,7 +66,8 @@ async def test_a_down_verdict_survives_a_restart_of_a_single_node(
     node = await node_factory(config)
     b1.healthy = False
     await until(lambda: not healthy(node, "b1"))
-    assert (tmp_path / "state" / VERDICTS_FILE_NAME).is_file()
+    # Written behind the change: wait for it before the node stops.
+    await until(lambda: marked_down(tmp_path / "state" / VERDICTS_FILE_NAME, "app/b1"))
     await node.stop(grace=0)
 
     probes_before = b1.probes
