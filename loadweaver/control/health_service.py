@@ -79,9 +79,10 @@ class HealthService:
             await self._stop_probing()
 
     async def _decide(self) -> None:
-        if self._should_probe() and self.checker is None:
+        wanted = self._should_probe() and bool(targets_of(self._holder.current))
+        if wanted and self.checker is None:
             await self._start_probing()
-        elif not self._should_probe() and self.checker is not None:
+        elif not wanted and self.checker is not None:
             await self._stop_probing()
             await self.sync_from_store()
         if self.checker is not None:

@@ -63,8 +63,9 @@ class HealthManager:
         if runtime is None or config is None:
             return
         was_routable = {backend.name: backend.load.routable for backend in runtime.backends}
+        checked = config.health is not None  # without checks, no old verdict may hold it down
         for backend in runtime.backends:
-            self._apply_verdict(pool, backend)
+            self._apply_verdict(pool, backend, checked)
         panic = refresh_pool(runtime.backends, config.panic_threshold)
         self._panic.note(pool, panic)
         self._metrics.pool_panic.labels(pool).set(1 if panic else 0)
@@ -78,9 +79,9 @@ class HealthManager:
         if recovered:
             runtime.strategy.on_hosts_changed(runtime.backends)
 
-    def _apply_verdict(self, pool: str, backend: Backend) -> None:
+    def _apply_verdict(self, pool: str, backend: Backend, checked: bool) -> None:
         load = backend.load
-        up = self.verdicts.get((pool, backend.name), True)
+        up = self.verdicts.get((pool, backend.name), True) if checked else True
         if up and not load.verdict_up and load.ejected:
             # Its checks pass again: the active verdict ends a passive ejection (as Envoy does),
             # so a restarted backend does not sit out the rest of its back-off.

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from loadweaver.cluster.memory import VERDICTS_FILE_NAME
+from loadweaver.config.loader import build_config
 from loadweaver.node import Node
 from tests.conftest import StartNode
 from tests.support.client import RawClient, get
@@ -103,3 +104,16 @@ async def test_with_two_workers_one_probes_and_both_follow_its_verdicts(
     finally:
         node.signal(signal.SIGTERM)
         await node.wait_exit()
+
+
+async def test_removing_the_health_check_releases_a_backend_it_held_down(
+    switchables: Switchables, node_factory: StartNode, tmp_path: Path
+) -> None:
+    b0, b1 = await switchables.start("b0", "b1")
+    config = node_config([b0.url, b1.url], pool={"health": HEALTH})
+    node = await node_factory(config)
+    b1.healthy = False
+    await until(lambda: not healthy(node, "b1"))
+    del config["pools"]["app"]["health"]
+    await node.apply(build_config(config, "test"))
+    assert healthy(node, "b1"), "a verdict outlived the check that made it"
