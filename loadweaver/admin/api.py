@@ -30,6 +30,7 @@ from loadweaver.admin.schemas import (
 from loadweaver.admin.view import NodeView
 from loadweaver.config.loader import ConfigError
 from loadweaver.config.models import Backend as BackendConfig
+from loadweaver.config.sources import DEFAULT
 from loadweaver.control.editor import EditError
 from loadweaver.control.errors import NodeStartError
 from loadweaver.control.redaction import redact_config
@@ -306,9 +307,7 @@ class AdminApi:
             if enclosing in sources:
                 return sources[enclosing]
         prefix = f"{path}."
-        return next(
-            (source for key, source in sources.items() if key.startswith(prefix)), "default"
-        )
+        return next((source for key, source in sources.items() if key.startswith(prefix)), DEFAULT)
 
     def _backend_views(self, pool: str) -> list[BackendView]:
         return [self._view_of(pool, backend) for backend in self._view.config.pools[pool].backends]

@@ -2,13 +2,11 @@
 
 import hmac
 import ipaddress
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from dotenv import dotenv_values
-
 from loadweaver.config.addresses import BindAddress, parse_bind
+from loadweaver.config.loader import variable
 from loadweaver.config.models import AdminConfig
 
 
@@ -22,10 +20,7 @@ def resolve_token(
     """The token from `admin.token_file`, else `admin.token_env` (environment, then `.env`)."""
     if admin.token_file is not None:
         return _read_token_file(Path(admin.token_file))
-    environ = os.environ if environ is None else environ
-    token = environ.get(admin.token_env)
-    if token is None and Path(dotenv).is_file():
-        token = dotenv_values(dotenv).get(admin.token_env)
+    token = variable(admin.token_env, environ, dotenv)
     token = token.strip() if token else None
     return token or None
 

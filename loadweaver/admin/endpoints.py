@@ -6,7 +6,7 @@ and shapes the answer with the other, so the published schema is what the code d
 
 import json
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -60,7 +60,6 @@ class Endpoint:
     conditional: bool = False  # takes If-Match
     query: tuple[str, ...] = ()
     media_type: str = "application/json"
-    tags: tuple[str, ...] = field(default=())
 
     def operation_id(self) -> str:
         return self.handler.__name__.lstrip("_")

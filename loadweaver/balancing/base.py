@@ -35,7 +35,6 @@ class BackendLoad:
         "healthy",
         "in_flight",
         "joined_at",
-        "pending",
         "stats",
         "verdict_up",
     )
@@ -50,7 +49,6 @@ class BackendLoad:
         self.ejected_at = 0.0
         self.ejections = 0  # ejections in a row: each doubles the next one's length
         self.failures = 0  # consecutive failures this node saw
-        self.pending = 0  # requests waiting for a connection to this backend
 
     @property
     def routable(self) -> bool:

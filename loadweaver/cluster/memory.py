@@ -25,6 +25,7 @@ VERDICTS_FILE_NAME = "loadweaver-health.json"
 
 class MemoryStore:
     kind = "memory"
+    up = True  # in this process: never unreachable
 
     def __init__(
         self, state_dir: str | Path | None = None, clock: Callable[[], float] = time.monotonic

@@ -49,14 +49,6 @@ class StoredConfig:
     rate_limits: Override | None = None
     base: Mapping[str, Any] | None = None  # pools, routes, rate_limits as the leader's file says
 
-    def overrides_equal(self, other: "StoredConfig") -> bool:
-        return (self.pools, self.routes, self.rate_limits, self.base) == (
-            other.pools,
-            other.routes,
-            other.rate_limits,
-            other.base,
-        )
-
     def to_json(self) -> dict[str, Any]:
         return {
             "format": 1,

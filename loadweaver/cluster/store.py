@@ -59,6 +59,11 @@ class ClusterStore(Protocol):
         ...
 
     @property
+    def up(self) -> bool:
+        """False while the store is unreachable (its circuit breaker is open)."""
+        ...
+
+    @property
     def watch_path(self) -> Path | None:
         """A file whose changes mean another process changed the record; None: no such file."""
         ...

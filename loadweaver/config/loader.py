@@ -236,14 +236,22 @@ def _deep_merge(base: dict[str, Any], layer: Mapping[str, Any]) -> dict[str, Any
 STICKY_SECRET_VARIABLE = f"{ENV_PREFIX}STICKY_SECRET"
 
 
+def variable(
+    name: str, environ: Mapping[str, str] | None = None, dotenv: str | Path = ".env"
+) -> str | None:
+    """A variable from the environment, else from the `.env` file (the environment wins)."""
+    environ = os.environ if environ is None else environ
+    value = environ.get(name)
+    if value is None and Path(dotenv).is_file():
+        value = dotenv_values(dotenv).get(name)
+    return value
+
+
 def sticky_secret_from_environment(
     environ: Mapping[str, str] | None = None, dotenv: str | Path = ".env"
 ) -> str | None:
     """The node-wide sticky cookie key: the environment first, then the `.env` file."""
-    environ = os.environ if environ is None else environ
-    secret = environ.get(STICKY_SECRET_VARIABLE)
-    if secret is None and Path(dotenv).is_file():
-        secret = dotenv_values(dotenv).get(STICKY_SECRET_VARIABLE)
+    secret = variable(STICKY_SECRET_VARIABLE, environ, dotenv)
     if secret is not None and len(secret) < MIN_SECRET_LENGTH:
         raise ConfigError(
             STICKY_SECRET_VARIABLE, [f"the key must be at least {MIN_SECRET_LENGTH} characters"]

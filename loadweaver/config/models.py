@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from loadweaver.config.addresses import parse_bind, parse_upstream_url
-from loadweaver.config.units import ByteSize, Duration
+from loadweaver.config.units import ByteSize, Duration, Fraction
 
 Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
 
@@ -119,19 +119,12 @@ class HealthCheck(Strict):
     rise: int = Field(default=2, ge=1)
     fall: int = Field(default=3, ge=1)
     fast_interval: Duration = 0.5  # while a backend is between states
-    jitter: float = Field(default=0.1, ge=0, le=0.5)  # a fraction of the interval, or "10%"
+    jitter: Fraction = Field(default=0.1, ge=0, le=0.5)  # a fraction of the interval, or "10%"
     flap_window: Duration = 60.0
     flap_limit: int = Field(
         default=4, ge=2
     )  # state changes within the window that count as flapping
     flap_hold: Duration = 30.0  # a flapping backend stays down at least this long
-
-    @field_validator("jitter", mode="before")
-    @classmethod
-    def _percent(cls, value: object) -> object:
-        if isinstance(value, str) and value.strip().endswith("%"):
-            return float(value.strip()[:-1]) / 100
-        return value
 
     @model_validator(mode="after")
     def _timing(self) -> "HealthCheck":
@@ -165,16 +158,9 @@ RetryCondition = Literal["connect_failure", "reset_before_response", "timeout", 
 class Retries(Strict):
     attempts: int = Field(default=2, ge=0, le=10)  # tries after the first
     on: list[RetryCondition] = ["connect_failure", "reset_before_response", "502", "503", "504"]
-    budget: float = Field(default=0.2, gt=0, le=1)  # retries in flight / requests in flight
+    budget: Fraction = Field(default=0.2, gt=0, le=1)  # retries in flight / requests in flight
     max_buffered_body: ByteSize = 64 * 1024  # bigger bodies are sent once: no status retries
     per_try_timeout: Duration = 0.0  # 0: the pool's response timeout
-
-    @field_validator("budget", mode="before")
-    @classmethod
-    def _percent(cls, value: object) -> object:
-        if isinstance(value, str) and value.strip().endswith("%"):
-            return float(value.strip()[:-1]) / 100
-        return value
 
 
 class CircuitBreaker(Strict):

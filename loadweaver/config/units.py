@@ -73,5 +73,16 @@ SIZE_SCHEMA = {
         {"type": "string", "pattern": r"^\s*\d+\s*([Bb]|[KkMmGg][Ii]?[Bb])?\s*$"},
     ]
 }
+
+
+def parse_fraction(value: object) -> object:
+    """A fraction from a number (`0.1`) or a percentage (`"10%"`); other values pass through
+    for the field's own type check."""
+    if isinstance(value, str) and value.strip().endswith("%"):
+        return float(value.strip()[:-1]) / 100
+    return value
+
+
+Fraction = Annotated[float, BeforeValidator(parse_fraction)]
 Duration = Annotated[float, BeforeValidator(parse_duration), WithJsonSchema(DURATION_SCHEMA)]
 ByteSize = Annotated[int, BeforeValidator(parse_size), WithJsonSchema(SIZE_SCHEMA)]

@@ -141,6 +141,7 @@ def _compile_pool(name: str, pool: Pool, resources: CompileResources) -> PoolRun
         failures_include_5xx=pool.passive.on_5xx,
         retry=RetryPolicy.from_config(pool.retries, budget),
         replay_limit=pool.retries.max_buffered_body,
+        try_timeout=pool.retries.per_try_timeout or pool.timeouts.response,
         max_pending=pool.circuit_breaker.max_pending,
         max_in_flight=pool.circuit_breaker.max_in_flight,
     )

@@ -128,7 +128,7 @@ class ConfigEditor:
         """The config `replace_dynamic` would produce, validated but not applied."""
         state = self._state()
         before, after = _edited(state, _replacement(pools, routes, rate_limits))
-        return _validated(state, before, after)
+        return _validated(state, before, after)[0]
 
     async def change(self, edit: Edit, if_match: int | None = None) -> Snapshot:
         """Read, edit, validate, write and apply as one step; a lost race is retried."""
@@ -138,8 +138,7 @@ class ConfigEditor:
                 if if_match is not None and if_match != state.version:
                     raise _stale(state.version, if_match)
                 before, after = _edited(state, edit)
-                _validated(state, before, after)
-                stored = record_changes(state.base_data, state.stored, before, after)
+                _, stored = _validated(state, before, after)
                 try:
                     return await self._commit(stored, state.version)
                 except VersionConflictError as error:
@@ -192,11 +191,14 @@ def _edited(state: EditState, edit: Edit) -> tuple[dict[str, Any], dict[str, Any
     return before, after
 
 
-def _validated(state: EditState, before: dict[str, Any], after: dict[str, Any]) -> Config:
-    """Checks the edit by composing it exactly as the node will, so errors name the right paths."""
+def _validated(
+    state: EditState, before: dict[str, Any], after: dict[str, Any]
+) -> tuple[Config, StoredConfig]:
+    """Checks the edit by composing it exactly as the node will, so errors name the right paths;
+    the config it makes, and the overrides that record it."""
     stored = record_changes(state.base_data, state.stored, before, after)
     try:
-        return validate_config(compose(state.base_data, stored).data, "change")
+        return validate_config(compose(state.base_data, stored).data, "change"), stored
     except ConfigError as error:
         raise EditError(422, "the change was rejected", error.problems) from None
 

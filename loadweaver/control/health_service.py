@@ -67,7 +67,7 @@ class HealthService:
     def _should_probe(self) -> bool:
         if self._store.kind == "memory":
             return self._single_prober()
-        return self._lease() is not None or not getattr(self._store, "up", True)
+        return self._lease() is not None or not self._store.up
 
     async def run(self) -> None:
         """Starts and stops this node's checker as leadership and the store come and go."""
@@ -103,9 +103,7 @@ class HealthService:
             verdict = verdicts.get(key)
             try:
                 if verdict is not None:
-                    await self._store.save_verdict(
-                        f"{key[0]}/{key[1]}", dict(verdict.to_json()), lease
-                    )
+                    await self._store.save_verdict(_field(key), verdict.to_json(), lease)
             except StoreError:
                 return  # the next round tries again
             self._unsaved.discard(key)
@@ -117,16 +115,15 @@ class HealthService:
         except StoreError:
             return
         live = max(1, self._live_nodes())
-        for key, nodes in reports.items():
-            pool, _, backend = key.partition("/")
+        for field, nodes in reports.items():
             if len(nodes) * 2 > live:
                 reason = f"ejected by passive detection on {len(nodes)} of {live} nodes"
-                checker.observe((pool, backend), False, reason)
+                checker.observe(_key(field), False, reason)
 
     def _report_ejection(self, pool: str, backend: str, seconds: float) -> None:
         if self._store.kind == "memory":
             return
-        report = self._store.report_ejection(self._node_id, f"{pool}/{backend}", seconds)
+        report = self._store.report_ejection(self._node_id, _field((pool, backend)), seconds)
         task = asyncio.get_running_loop().create_task(report)
         self._reports.add(task)
         task.add_done_callback(self._reports.discard)
@@ -165,13 +162,13 @@ class HealthService:
         lease = self._lease()
         if self._store.kind == "memory":
             # One node: no lease to fence with; the store keeps verdicts across restarts.
-            await self._store.save_verdict(f"{pool}/{backend}", dict(verdict.to_json()))
+            await self._store.save_verdict(_field((pool, backend)), verdict.to_json())
             return
         if lease is None:
             self._unsaved.add((pool, backend))  # probing alone: written once a lease is won
             return
         try:
-            await self._store.save_verdict(f"{pool}/{backend}", dict(verdict.to_json()), lease)
+            await self._store.save_verdict(_field((pool, backend)), verdict.to_json(), lease)
         except StoreError:
             self._unsaved.add((pool, backend))  # _decide writes it again while we lead
             raise
@@ -199,9 +196,8 @@ class HealthService:
     async def _load(self) -> dict[Key, Verdict]:
         verdicts = {}
         for field, record in (await self._store.load_verdicts()).items():
-            pool, _, backend = field.partition("/")
             try:
-                verdicts[(pool, backend)] = Verdict.from_json(record)
+                verdicts[_key(field)] = Verdict.from_json(record)
             except ValueError:
                 continue
         return verdicts
@@ -222,7 +218,13 @@ def _log_failure(task: "asyncio.Task[None]") -> None:
 
 
 def _field(key: Key) -> str:
+    """How the store names a backend's verdict: `pool/backend`."""
     return f"{key[0]}/{key[1]}"
+
+
+def _key(field: str) -> Key:
+    pool, _, backend = field.partition("/")
+    return (pool, backend)
 
 
 def _newest(own: dict[Key, Verdict], stored: dict[Key, Verdict]) -> dict[Key, Verdict]:

@@ -30,6 +30,7 @@ class PoolRuntime:
     failures_include_5xx: bool = False
     retry: RetryPolicy | None = None
     replay_limit: int = 64 * 1024  # request bytes kept for a replay
+    try_timeout: float = 30.0  # each try's wait for the response head: per-try or response
     max_pending: int = 0  # circuit breaker, per backend; 0: no cap
     max_in_flight: int = 0
 

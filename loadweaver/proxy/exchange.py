@@ -298,13 +298,8 @@ class Exchange:
             self._pick_and_go(pool)
 
     def _pick_and_go(self, pool: PoolRuntime) -> None:
-        client = self.client
-        if pool.sticky is None and not (client.trusted and self._forwarded_for_present()):
-            picked = pool.strategy.pick(
-                client.pick_context
-            )  # the common case: no per-request state
-        else:
-            picked = self._pick_with_request_context(pool.strategy, pool.sticky)
+        """The pick for sticky pools and trusted proxies; start() inlines the common one."""
+        picked = self._pick_with_request_context(pool.strategy, pool.sticky)
         if isinstance(picked, NoBackend):
             self.fail(replies.no_backend(picked.reason))
             return
@@ -430,9 +425,7 @@ class Exchange:
         self.upstream = connection
         connection.handler = self
         self.parser = httptools.HttpResponseParser(self)
-        retry = pool.retry
-        per_try = retry.per_try_timeout if retry is not None else 0.0
-        self.deadline = self.client.loop.time() + (per_try or pool.response_timeout)
+        self.deadline = self.client.loop.time() + pool.try_timeout
         pending = self.pending
         assert pending is not None
         self.pending = None
