@@ -238,7 +238,7 @@ class AdminApi:
                     "id": view.config.node.id,
                     "config_version": view.version,
                     "uptime_seconds": round(time.time() - view.started_at, 3),
-                    "leader": True,
+                    "leader": view.is_leader,
                 },
                 "time": time.time(),
                 **view.stats.report(),
