@@ -8,16 +8,21 @@ import os
 import socket
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, Field, field_validator, model_validator
 
 from loadweaver.config.addresses import parse_bind, parse_upstream_url
+from loadweaver.config.base import STRICT, Name
+from loadweaver.config.observability import (
+    AlertsConfig,
+    MetricsConfig,
+    RequestIdConfig,
+    TrafficPatternsConfig,
+)
 from loadweaver.config.units import ByteSize, Duration, Fraction
-
-Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = STRICT
 
 
 def _default_node_id() -> str:
@@ -364,9 +369,28 @@ class LogSink(Strict):
 
 
 class AccessLogConfig(Strict):
+    """One line per request, written in batches by a background thread."""
+
     enabled: bool = False
     format: Literal["json", "clf"] = "json"
     path: str | None = None  # unset: the sinks above
+    sample: Fraction = Field(default=1.0, ge=0, le=1)  # the share of requests logged
+    always_log_errors: bool = True  # 5xx responses are logged whatever `sample` says
+    include_query: bool = False  # queries can carry secrets: only the path unless asked
+    rotation_size: ByteSize | None = None
+    rotation_interval: Duration | None = None
+    retention_age: Duration | None = None
+    retention_count: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _file_options(self) -> "AccessLogConfig":
+        rotation = [self.rotation_size, self.rotation_interval]
+        retention = [self.retention_age, self.retention_count]
+        if self.path is None and any(option is not None for option in rotation + retention):
+            raise ValueError("rotation_* and retention_* need a path: the sinks rotate their own")
+        if self.retention_age is not None and self.retention_count is not None:
+            raise ValueError("set retention_age or retention_count, not both")
+        return self
 
 
 class LoggingConfig(Strict):
@@ -413,6 +437,10 @@ class Config(Strict):
     security: SecurityConfig = SecurityConfig()
     logging: LoggingConfig = LoggingConfig()
     cluster: ClusterConfig = ClusterConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    request_id: RequestIdConfig = RequestIdConfig()
+    traffic_patterns: TrafficPatternsConfig = TrafficPatternsConfig()
+    alerts: AlertsConfig = AlertsConfig()
 
     @model_validator(mode="after")
     def _cross_references(self) -> "Config":

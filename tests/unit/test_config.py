@@ -177,8 +177,8 @@ def test_config_error_text_names_the_source_and_counts_problems() -> None:
         (
             {"poolz": {}},
             "poolz",
-            "admin, cluster, limits, listeners, logging, node, pools, rate_limits, routes, "
-            "security",
+            "admin, alerts, cluster, limits, listeners, logging, metrics, node, pools, "
+            "rate_limits, request_id, routes, security, traffic_patterns",
         ),
         (
             pool_with(backendz=[]),

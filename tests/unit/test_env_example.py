@@ -18,7 +18,15 @@ STANDALONE = [
     "LOADWEAVER_REDIS_PASSWORD",
 ]
 # Lists and maps of records are set in YAML; the example shows how, once each.
-STRUCTURED = {"listeners", "pools", "routes", "rate_limits", "logging.sinks"}
+STRUCTURED = {
+    "listeners",
+    "pools",
+    "routes",
+    "rate_limits",
+    "logging.sinks",
+    "alerts.webhooks",
+    "alerts.rules",
+}
 
 
 def scalar_settings(model: type[BaseModel], prefix: str = "") -> Iterator[str]:
