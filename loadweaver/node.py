@@ -45,15 +45,18 @@ from loadweaver.control.health_service import HealthService
 from loadweaver.control.leadership import Leadership
 from loadweaver.control.limiters import LimiterRegistry
 from loadweaver.control.loads import LoadRegistry
+from loadweaver.control.observing import Observing
 from loadweaver.control.overrides import Composition, compose
 from loadweaver.control.ramps import refresh_ramping_pools
 from loadweaver.control.shared_sessions import SharedSessionTable
 from loadweaver.control.snapshot import Snapshot, SnapshotHolder
 from loadweaver.control.watcher import watch_config_files
 from loadweaver.health.manager import HealthManager
+from loadweaver.observability.access_log import AccessLogError
 from loadweaver.observability.live_stats import LiveStats
 from loadweaver.observability.logging import LoggingSetupError, configure_logging
 from loadweaver.observability.metrics import Metrics
+from loadweaver.observability.runtime_collector import RuntimeCollector
 from loadweaver.pool.manager import PoolManager
 from loadweaver.proxy.listener import ConnectionRegistry, Listener, ListenError, ProxyContext
 from loadweaver.proxy.tls import TlsConfigError
@@ -102,8 +105,10 @@ class Node:
         self.config_path = config_path
         self.reuse_port = reuse_port
         self.serve_admin = serve_admin and config.admin.enabled
-        self.metrics = Metrics()
+        self.metrics = Metrics(config.node.id, config.cluster.name)
+        self.metrics.configure(config.metrics)
         self.store: ClusterStore = store or build_store(config, self.metrics)
+        self.metrics.node[2] = self.store.kind
         self.stored = StoredConfig()  # the cluster config record this node has applied
         self.composition = compose({}, self.stored)
         self.ready = False
@@ -126,7 +131,7 @@ class Node:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self.pools = PoolManager(loop)
+        self.pools = PoolManager(loop, self.metrics.upstream_connect.labels)
         self.health = HealthManager(loop, self.metrics)
         try:
             node_secret = sticky_secret_from_environment()
@@ -163,9 +168,23 @@ class Node:
         )
         self.connections = ConnectionRegistry(loop, self.holder)
         self.context = ProxyContext(loop, self.holder, self.metrics, self.connections)
+        self.metrics.registry.register(
+            RuntimeCollector(self.holder, self.context.listener_stats, loop.time)
+        )
         self.stats = LiveStats(self.holder, self.metrics, loop.time, lambda: len(self.connections))
+        self.observing = Observing(
+            self.config,
+            self.metrics,
+            self.holder,
+            self.context.listener_stats,
+            self.store,
+            lambda: self.is_leader,
+            loop,
+            time.time,
+        )
         self.admin = AdminServer(parse_bind(self.config.admin.bind), self.metrics.registry, self)
         try:
+            self._tasks += self._start_observing()
             for spec in self.holder.current.listeners.values():
                 listener = Listener(self.context, spec, self.reuse_port)
                 await listener.start()
@@ -186,6 +205,12 @@ class Node:
         gc.freeze()
         self.ready = True
         logger.info("node {} ready (config version {})", self.config.node.id, self.version)
+
+    def _start_observing(self) -> list[asyncio.Task[None]]:
+        try:
+            return self.observing.start()
+        except AccessLogError as error:
+            raise NodeStartError(str(error)) from None
 
     def _session_table_factory(
         self, loop: asyncio.AbstractEventLoop
@@ -281,6 +306,7 @@ class Node:
         await self.sync_from_store()
         with contextlib.suppress(StoreError):
             self.live_nodes = max(1, len(await self.store.members()))
+            self.metrics.cluster_nodes.set(self.live_nodes)
         lease = self.leadership.lease
         if lease is None:
             return
@@ -378,6 +404,7 @@ class Node:
             "started_at": self.started_at,
             "ready": self.ready,
             "leader": self.is_leader,
+            **(self.observing.published() if hasattr(self, "observing") else {}),
             "load": {
                 "connections": len(self.connections) if hasattr(self, "connections") else 0,
                 "in_flight": sum(
@@ -516,7 +543,9 @@ class Node:
         token = self._admin_token(file_config)
         self._warn_about_sticky_secrets(config)
         snapshot = self._compile(config)
-        self._note_restart_only_changes(config)
+        logging_reconfigured = self._note_restart_only_changes(config)
+        self.metrics.configure(config.metrics)
+        self.observing.apply(config, logging_reconfigured)
         self.file_config, self.config, self.composition = file_config, config, composition
         self.file_sources = sources if sources is not None else _sources_of(file_config, None)
         self.admin_token = token
@@ -534,17 +563,20 @@ class Node:
         self._log_reclaimed(composition)
         return snapshot
 
-    def _note_restart_only_changes(self, config: Config) -> None:
+    def _note_restart_only_changes(self, config: Config) -> bool:
+        """Applies what needs more than a snapshot swap; True when the log sinks were replaced."""
         if config.admin.bind != self.config.admin.bind:
             logger.warning(
                 "admin.bind changed to {}; the admin API moves there at the next restart",
                 config.admin.bind,
             )
-        if config.logging != self.config.logging:
-            try:
-                configure_logging(config.logging, config.node.id)
-            except LoggingSetupError as error:
-                logger.error("{}", error)
+        if config.logging == self.config.logging:
+            return False
+        try:
+            configure_logging(config.logging, config.node.id)
+        except LoggingSetupError as error:
+            logger.error("{}", error)
+        return True
 
     def _log_reclaimed(self, composition: Composition) -> None:
         for part in composition.reclaimed:
@@ -598,6 +630,8 @@ class Node:
                 logger.warning("closed {} connection(s) still busy after the grace period", left)
         await _cancel_all(self._tasks)
         self._tasks = []
+        if hasattr(self, "observing"):
+            await self.observing.stop()
         await self.leadership.release()
         if self.store.kind != "memory":
             with contextlib.suppress(StoreError):

@@ -11,6 +11,9 @@ from aiohttp import web
 
 from loadweaver.admin.endpoints import ApiError, Call, Endpoint
 from loadweaver.admin.schemas import (
+    AlertRuleView,
+    AlertsDocument,
+    AlertView,
     BackendList,
     BackendPatch,
     BackendView,
@@ -25,6 +28,7 @@ from loadweaver.admin.schemas import (
     ReloadResult,
     RouteList,
     StatsDocument,
+    TrafficDocument,
     ValidationResult,
 )
 from loadweaver.admin.view import NodeView
@@ -34,6 +38,7 @@ from loadweaver.config.sources import DEFAULT
 from loadweaver.control.editor import EditError
 from loadweaver.control.errors import NodeStartError
 from loadweaver.control.redaction import redact_config
+from loadweaver.observability.alerts import condition_of
 
 T = TypeVar("T")
 PREFIX = "/api/v1"
@@ -111,6 +116,16 @@ class AdminApi:
             Endpoint(
                 "GET", f"{PREFIX}/cluster/status", self._cluster_status,
                 "The nodes, the leader and the config version", ClusterStatus,
+            ),
+            Endpoint(
+                "GET", f"{PREFIX}/traffic", self._traffic,
+                "Top clients, paths, user agents and status codes over the sliding window, "
+                "merged over the cluster's nodes unless scope=node", TrafficDocument,
+                errors=(400, 409), query=("top", "scope"),
+            ),
+            Endpoint(
+                "GET", f"{PREFIX}/alerts", self._alerts,
+                "The alert rules and the alerts pending or firing", AlertsDocument,
             ),
         ]  # fmt: skip
 
@@ -289,6 +304,47 @@ class AdminApi:
             store_up=store_up,
         )
 
+    # ---- traffic and alerts ----
+
+    async def _traffic(self, call: Call) -> TrafficDocument:
+        query = call.request.query
+        top = _int_query(query.get("top", "10"), "top", 1, 100)
+        scope = query.get("scope", "cluster")
+        if scope not in ("node", "cluster"):
+            raise ApiError(400, f"scope must be node or cluster, not {scope!r}")
+        document = await self._view.observing.traffic_document(top, cluster=scope == "cluster")
+        if document is None:
+            raise ApiError(409, "traffic patterns are off: set traffic_patterns.enabled: true")
+        return TrafficDocument.model_validate(document)
+
+    async def _alerts(self, call: Call) -> AlertsDocument:
+        view = self._view
+        leader = view.is_leader
+        rules = [
+            AlertRuleView(
+                name=rule.name,
+                metric=rule.metric,
+                scope=rule.effective_scope,
+                severity=rule.severity,
+                condition=condition_of(rule),
+                evaluated_here=rule.effective_scope == "node" or leader,
+            )
+            for rule in view.config.alerts.rules
+        ]
+        alerts = [
+            AlertView(
+                rule=alert.rule,
+                state=alert.state,
+                labels=dict(alert.labels),
+                value=alert.value,
+                summary=alert.summary,
+                since=alert.since,
+                fired_at=alert.fired_at or None,
+            )
+            for alert in view.observing.alerts.active()
+        ]
+        return AlertsDocument(leader=leader, rules=rules, alerts=alerts)
+
     # ---- views ----
 
     def _pool_name(self, call: Call) -> str:
@@ -362,6 +418,12 @@ def _dynamic_data(
         for name, policy in body.rate_limits.items()
     }
     return pools, routes, limits
+
+
+def _int_query(text: str, name: str, low: int, high: int) -> int:
+    if not (text.isascii() and text.isdigit()) or not low <= int(text) <= high:
+        raise ApiError(400, f"{name} must be a whole number from {low} to {high}, not {text!r}")
+    return int(text)
 
 
 async def _edited(change: Awaitable[T]) -> T:

@@ -4,7 +4,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from loadweaver.config.models import Backend, Name, Pool, RateLimitPolicy, Route
+from loadweaver.config.base import Name
+from loadweaver.config.models import Backend, Pool, RateLimitPolicy, Route
 from loadweaver.config.units import Duration
 
 BackendState = Literal["active", "draining", "maintenance"]
@@ -192,3 +193,51 @@ class StatsDocument(Body):
     time: float
     totals: Totals
     pools: list[PoolStatsView]
+
+
+class TrafficEntry(Body):
+    key: str
+    count: int  # estimated: at most `error_bound` below the true count
+    share: float  # of the requests in the window
+
+
+class TrafficDimension(Body):
+    error_bound: int
+    top: list[TrafficEntry]
+
+
+class TrafficDocument(Body):
+    scope: Literal["node", "cluster"]
+    nodes: list[str]  # whose traffic is counted
+    window_seconds: float
+    requests: int
+    sample_step: int  # 1: every request counted; k: every k-th, counted k times (heavy load)
+    clients: TrafficDimension
+    paths: TrafficDimension
+    user_agents: TrafficDimension
+    status_codes: TrafficDimension
+
+
+class AlertView(Body):
+    rule: str
+    state: Literal["pending", "firing"]
+    labels: dict[str, str]
+    value: float
+    summary: str
+    since: float  # wall-clock seconds the condition began to hold
+    fired_at: float | None
+
+
+class AlertRuleView(Body):
+    name: str
+    metric: str
+    scope: Literal["node", "cluster"]
+    severity: str
+    condition: str
+    evaluated_here: bool  # node rules always; cluster rules on the leader
+
+
+class AlertsDocument(Body):
+    leader: bool
+    rules: list[AlertRuleView]
+    alerts: list[AlertView]

@@ -6,6 +6,7 @@ from typing import Any, Protocol
 from loadweaver.cluster.store import ClusterStore
 from loadweaver.config.models import Config
 from loadweaver.control.editor import ConfigEditor
+from loadweaver.control.observing import Observing
 from loadweaver.control.snapshot import Snapshot, SnapshotHolder
 from loadweaver.observability.live_stats import LiveStats
 
@@ -20,6 +21,7 @@ class NodeView(Protocol):
     holder: SnapshotHolder
     stats: LiveStats
     store: ClusterStore
+    observing: Observing
 
     @property
     def version(self) -> int: ...

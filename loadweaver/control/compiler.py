@@ -2,7 +2,7 @@
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypeGuard
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from loadweaver.balancing.base import Backend
 from loadweaver.balancing.registry import create_strategy
@@ -14,11 +14,14 @@ from loadweaver.balancing.sticky import (
 )
 from loadweaver.config.addresses import parse_bind, parse_upstream_url
 from loadweaver.config.models import Config, Listener, Pool, Route, StickyConfig
+from loadweaver.config.observability import RequestIdConfig
 from loadweaver.control.limiters import LimiterRegistry
 from loadweaver.control.loads import LoadRegistry
 from loadweaver.control.snapshot import ListenerSpec, PoolRuntime, RequestLimits, Snapshot
+from loadweaver.observability.request_ids import RequestIdPolicy
 from loadweaver.pool.manager import PoolManager
 from loadweaver.pool.pool import PoolSettings
+from loadweaver.proxy.headers import REQUEST_SPECIAL, RESPONSE_SPECIAL
 from loadweaver.proxy.retry import RetryBudget, RetryPolicy
 from loadweaver.proxy.tls import load_certificate_set, upstream_context
 from loadweaver.routing.rate_limit import RouteLimit
@@ -69,7 +72,19 @@ def compile_snapshot(config: Config, version: int, resources: CompileResources) 
         trusted_proxies=TrustedProxies(config.security.trusted_proxies),
         listeners={listener.name: _compile_listener(listener) for listener in config.listeners},
         sweep_interval=_sweep_interval(config),
+        **_request_id_fields(config.request_id),
     )
+
+
+def _request_id_fields(settings: RequestIdConfig) -> dict[str, Any]:
+    if not settings.enabled:
+        return {}
+    lowered = settings.header.lower().encode("latin-1")
+    return {
+        "request_id": RequestIdPolicy.of(settings.header, settings.response),
+        "request_special": REQUEST_SPECIAL | {lowered},
+        "response_special": RESPONSE_SPECIAL | {lowered},
+    }
 
 
 def _sweep_interval(config: Config) -> float:

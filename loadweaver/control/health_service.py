@@ -130,7 +130,7 @@ class HealthService:
         task.add_done_callback(_log_failure)
 
     async def _start_probing(self) -> None:
-        checker = ActiveChecker(self._changed)
+        checker = ActiveChecker(self._changed, on_probe=self._manager.note_probe)
         known = dict(self.verdicts)
         with contextlib.suppress(StoreError):
             known = _newest(known, await self._load())

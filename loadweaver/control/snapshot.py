@@ -8,6 +8,8 @@ from loadweaver.balancing.base import Backend, Strategy
 from loadweaver.balancing.sticky import StickyPolicy
 from loadweaver.config.addresses import BindAddress
 from loadweaver.config.models import Config
+from loadweaver.observability.request_ids import RequestIdPolicy
+from loadweaver.proxy.headers import REQUEST_SPECIAL, RESPONSE_SPECIAL
 from loadweaver.proxy.retry import RetryPolicy
 from loadweaver.proxy.tls import CertificateSet
 from loadweaver.routing.table import RouteTable
@@ -64,6 +66,10 @@ class Snapshot:
     trusted_proxies: TrustedProxies
     listeners: Mapping[str, ListenerSpec]
     sweep_interval: float
+    request_id: RequestIdPolicy | None = None  # None: request ids off
+    # Headers the proxy takes out of the request or response and writes itself.
+    request_special: frozenset[bytes] = REQUEST_SPECIAL
+    response_special: frozenset[bytes] = RESPONSE_SPECIAL
 
 
 class SnapshotHolder:

@@ -52,9 +52,15 @@ class ActiveChecker:
     """
 
     def __init__(
-        self, on_change: OnChange, max_concurrent: int = 64, clock: Clock = time.time
+        self,
+        on_change: OnChange,
+        max_concurrent: int = 64,
+        clock: Clock = time.time,
+        on_probe: Callable[[str, bool], None] | None = None,
     ) -> None:
+        """`on_probe(pool, ok)` hears of every probe's result (for metrics)."""
         self._on_change = on_change
+        self._on_probe = on_probe
         self._max_concurrent = max_concurrent
         self._clock = clock
         self._semaphore = asyncio.Semaphore(max_concurrent)
@@ -129,7 +135,10 @@ class ActiveChecker:
             await asyncio.sleep(max(0.0, next_start - time.monotonic()))
             started = time.monotonic()
             try:
-                self._record(target, await self._probe(target))
+                result = await self._probe(target)
+                if self._on_probe is not None:
+                    self._on_probe(target.pool, result.ok)
+                self._record(target, result)
             except Exception:
                 logger.exception("health check of {} failed", target.label)
             next_start = started + self._delay(target)

@@ -72,6 +72,8 @@ class HealthManager:
         recovered = False
         for backend in runtime.backends:
             load = backend.load
+            if load.routable != was_routable[backend.name]:
+                self._metrics.backend_flaps.labels(pool, backend.name).inc()
             if load.routable and not was_routable[backend.name]:
                 load.joined_at = self._loop.time()  # a recovered backend ramps up again
                 recovered = True
@@ -97,6 +99,9 @@ class HealthManager:
     def _ejected(self, pool: str, backend: str, seconds: float) -> None:
         self._metrics.ejections.labels(pool).inc()
         self.on_ejection(pool, backend, seconds)
+
+    def note_probe(self, pool: str, ok: bool) -> None:
+        self._metrics.health_checks.labels(pool, "success" if ok else "failure").inc()
 
     def note_flap(self, pool: str) -> None:
         self._metrics.health_flaps.labels(pool).inc()

@@ -53,6 +53,7 @@ class LiveStats:
             await asyncio.sleep(1.0)
 
     def sample(self) -> None:
+        self._metrics.tally.fold()  # bounds the durations waiting for the next scrape
         backends = {
             backend.load: _read(backend.load)
             for pool in self._holder.current.pools.values()
@@ -84,8 +85,8 @@ class LiveStats:
         }
 
     def _totals(self) -> _Reading:
-        counts = self._metrics.counts
-        return _Reading(counts.requests, counts.by_class[5], ())
+        recorder = self._metrics.recorder
+        return _Reading(recorder.received, recorder.by_class[5], ())
 
     def _backend(self, backend: Backend, now: float, oldest: _Sample | None) -> dict[str, Any]:
         load = backend.load

@@ -3,14 +3,23 @@
 import logging
 import sys
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp.http_exceptions import HttpProcessingError
 from loguru import logger
 
+if TYPE_CHECKING:
+    from loguru import Record
+
 from loadweaver.config.models import LoggingConfig, LogSink
 
 TEXT_FORMAT = "{time:YYYY-MM-DD HH:mm:ss.SSS} | {level: <7} | {extra[node]} | {message}"
+# Records bound with this marker belong to the access log's own file, never to these sinks.
+ACCESS_FILE_MARKER = "access_log_file"
+
+
+def _not_for_access_file(record: "Record") -> bool:
+    return ACCESS_FILE_MARKER not in record["extra"]
 
 
 class _InterceptHandler(logging.Handler):
@@ -42,7 +51,13 @@ def configure_logging(settings: LoggingConfig, node_id: str) -> None:
             _add_sink(sink, settings)
     except (OSError, ValueError) as error:
         logger.remove()
-        logger.add(sys.stderr, level=settings.level.upper(), format=TEXT_FORMAT, diagnose=False)
+        logger.add(
+            sys.stderr,
+            level=settings.level.upper(),
+            format=TEXT_FORMAT,
+            diagnose=False,
+            filter=_not_for_access_file,
+        )
         raise LoggingSetupError(f"logging.sinks: cannot open a log sink: {error}") from None
     logging.basicConfig(handlers=[_InterceptHandler()], level=logging.WARNING, force=True)
 
@@ -53,6 +68,7 @@ def _add_sink(sink: LogSink, settings: LoggingConfig) -> None:
     format_options: dict[str, Any] = {"serialize": True} if serialize else {"format": TEXT_FORMAT}
     # diagnose=False: tracebacks must not print local variables, which can hold secrets.
     format_options["diagnose"] = False
+    format_options["filter"] = _not_for_access_file
     if sink.type == "stderr":
         logger.add(sys.stderr, level=level, **format_options)
         return
@@ -60,15 +76,28 @@ def _add_sink(sink: LogSink, settings: LoggingConfig) -> None:
     logger.add(
         sink.path,
         level=level,
-        rotation=_rotation(sink),
-        retention=_retention(sink),
+        rotation=rotation_of(sink),
+        retention=retention_of(sink),
         enqueue=False,
         encoding="utf-8",
         **format_options,
     )
 
 
-def _rotation(sink: LogSink) -> int | timedelta | None:
+class RotatedFile(Protocol):
+    """A file sink's rotation and retention settings (a log sink's or the access log's)."""
+
+    @property
+    def rotation_size(self) -> int | None: ...
+    @property
+    def rotation_interval(self) -> float | None: ...
+    @property
+    def retention_age(self) -> float | None: ...
+    @property
+    def retention_count(self) -> int | None: ...
+
+
+def rotation_of(sink: RotatedFile) -> int | timedelta | None:
     if sink.rotation_size is not None:
         return sink.rotation_size
     if sink.rotation_interval is not None:
@@ -76,7 +105,7 @@ def _rotation(sink: LogSink) -> int | timedelta | None:
     return None
 
 
-def _retention(sink: LogSink) -> int | timedelta | None:
+def retention_of(sink: RotatedFile) -> int | timedelta | None:
     if sink.retention_count is not None:
         return sink.retention_count
     if sink.retention_age is not None:

@@ -1,48 +1,96 @@
 """Prometheus metrics for one node, in a registry the node owns (no global registry).
 
-Per-request counts are plain integers read at scrape time, because a labelled prometheus counter
-takes a lock on every increment; rare events (errors, timeouts) use ordinary labelled counters.
+Per-request numbers are plain integers and lists that collectors read at scrape time (see
+request_tally.py and runtime_collector.py), because a labelled prometheus counter takes a lock on
+every increment; rare events (errors, timeouts, retries) use ordinary labelled counters.
 """
 
-from collections.abc import Iterator
+import platform
+from collections.abc import Iterator, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from loadweaver import __version__
+from loadweaver.config.observability import DEFAULT_DURATION_BUCKETS, MetricsConfig
+from loadweaver.observability.recorder import RequestRecorder
+from loadweaver.observability.request_tally import (
+    STATUS_CLASSES,
+    RequestTally,
+    RequestTallyCollector,
+)
 
-class RequestCounts:
-    """Hot-path tallies, bumped with a plain `+= 1`; `by_class[2]` counts 2xx responses."""
-
-    __slots__ = ("by_class", "requests")
-
-    def __init__(self) -> None:
-        self.requests = 0
-        self.by_class = [0] * 6
+# New upstream connections: from a few hundred microseconds on loopback to a slow TLS handshake.
+CONNECT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+UPSTREAM_ERROR_KINDS = ("connect", "timeout", "reset", "protocol")
 
 
 class _RequestCountsCollector(Collector):
-    def __init__(self, counts: RequestCounts) -> None:
-        self._counts = counts
+    """Node-wide totals: request heads parsed, and responses by status class."""
+
+    def __init__(self, recorder: RequestRecorder) -> None:
+        self._recorder = recorder
 
     def collect(self) -> Iterator[CounterMetricFamily]:
-        counts = self._counts
+        recorder = self._recorder
         yield CounterMetricFamily(
-            "loadweaver_requests", "Requests whose headers were parsed.", value=counts.requests
+            "loadweaver_requests_received",
+            "Requests whose headers were parsed.",
+            value=recorder.received,
         )
         responses = CounterMetricFamily(
             "loadweaver_responses", "Responses sent to clients, by status class.", labels=["code"]
         )
-        for status_class in range(1, 6):
-            responses.add_metric([f"{status_class}xx"], counts.by_class[status_class])
+        for status_class in range(1, STATUS_CLASSES):
+            count = recorder.by_class[status_class]
+            if count or status_class <= 5:
+                responses.add_metric([f"{status_class}xx"], count)
         yield responses
 
 
+class _NodeInfoCollector(Collector):
+    def __init__(self, node: Sequence[str]) -> None:
+        self._node = node  # [node id, cluster name, store kind], updated by the node
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "loadweaver_node_info",
+            "Always 1: which node this is, in which cluster, on which store.",
+            labels=["node", "cluster", "store"],
+        )
+        family.add_metric(list(self._node), 1)
+        yield family
+
+
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, node_id: str = "", cluster: str = "default", store: str = "memory") -> None:
         self.registry = CollectorRegistry()
-        self.counts = RequestCounts()
-        self.registry.register(_RequestCountsCollector(self.counts))
+        self.tally = RequestTally(DEFAULT_DURATION_BUCKETS)
+        self.recorder = RequestRecorder(self.tally)
+        self._per_request = [True]
+        self.node = [node_id, cluster, store]
+        self.registry.register(_RequestCountsCollector(self.recorder))
+        self.registry.register(RequestTallyCollector(self.tally, self._per_request))
+        self.registry.register(_NodeInfoCollector(self.node))
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
+        self.build_info = Gauge(
+            "loadweaver_build_info",
+            "Always 1: the loadweaver and Python versions this node runs.",
+            ["version", "python"],
+            registry=self.registry,
+        )
+        self.build_info.labels(__version__, platform.python_version()).set(1)
         self.local_replies = Counter(
             "loadweaver_local_replies",
             "Responses the proxy generated itself, by status and reason.",
@@ -57,10 +105,48 @@ class Metrics:
         )
         self.upstream_errors = Counter(
             "loadweaver_upstream_errors",
-            "Failures talking to backends, by kind.",
-            ["kind"],
+            "Failures talking to backends, by pool, backend and kind: connect, timeout, reset "
+            "or protocol (an invalid response).",
+            ["pool", "backend", "kind"],
             registry=self.registry,
         )
+        self.upstream_connect = Histogram(
+            "loadweaver_upstream_connect_duration_seconds",
+            "Time to open a new connection to a backend, TLS handshake included.",
+            ["pool", "backend"],
+            buckets=CONNECT_BUCKETS,
+            registry=self.registry,
+        )
+        self.health_checks = Counter(
+            "loadweaver_health_checks",
+            "Active health probes sent by this node, by pool and result: success or failure.",
+            ["pool", "result"],
+            registry=self.registry,
+        )
+        self.backend_flaps = Counter(
+            "loadweaver_backend_flaps",
+            "Times a backend went from up to down or back, for any reason.",
+            ["pool", "backend"],
+            registry=self.registry,
+        )
+        self.alert_notifications = Counter(
+            "loadweaver_alert_notifications",
+            "Alert notifications per webhook, by result: sent, failed (after retries) or "
+            "dropped (its queue was full).",
+            ["webhook", "result"],
+            registry=self.registry,
+        )
+        self.access_log_dropped = Counter(
+            "loadweaver_access_log_dropped",
+            "Access log lines not written because the writer fell too far behind.",
+            registry=self.registry,
+        )
+        self.cluster_nodes = Gauge(
+            "loadweaver_cluster_nodes",
+            "Nodes heartbeating in the cluster, as this node last counted them.",
+            registry=self.registry,
+        )
+        self.cluster_nodes.set(1)
         self.retries = Counter(
             "loadweaver_upstream_retries",
             "Requests replayed on a fresh connection after a reused one failed.",
@@ -77,9 +163,6 @@ class Metrics:
             "Retries not made because the pool's retry budget was spent.",
             ["pool"],
             registry=self.registry,
-        )
-        self.client_connections = Gauge(
-            "loadweaver_client_connections", "Open client connections.", registry=self.registry
         )
         self.config_reloads = Counter(
             "loadweaver_config_reloads",
@@ -142,3 +225,12 @@ class Metrics:
             "Config reloads refused because the new config was invalid or could not be applied.",
             registry=self.registry,
         )
+
+    def configure(self, settings: MetricsConfig) -> None:
+        """Applies the `metrics` section; called at start and on every reload."""
+        self._per_request[0] = settings.enabled
+        self.recorder.set_metrics(settings.enabled)
+        self.tally.rebucket(settings.duration_buckets)
+
+    def upstream_error(self, pool: str, backend: str, kind: str) -> None:
+        self.upstream_errors.labels(pool, backend, kind).inc()

@@ -1,17 +1,23 @@
 """Owns every UpstreamPool so that pooled connections outlive the snapshots that point at them."""
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from loadweaver.config.addresses import UpstreamAddress
-from loadweaver.pool.pool import PoolSettings, UpstreamPool
+from loadweaver.pool.pool import ConnectTimer, PoolSettings, UpstreamPool
 
 PoolKey = tuple[str, str, UpstreamAddress, PoolSettings]
 
 
 class PoolManager:
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        connect_timers: Callable[[str, str], ConnectTimer] | None = None,
+    ) -> None:
+        """`connect_timers(pool, backend)`: where a backend's connect times go."""
         self._loop = loop
+        self._connect_timers = connect_timers
         self._pools: dict[PoolKey, UpstreamPool] = {}
 
     def get(
@@ -21,7 +27,8 @@ class PoolManager:
         key = (pool_name, backend_name, address, settings)
         pool = self._pools.get(key)
         if pool is None:
-            pool = self._pools[key] = UpstreamPool(address, settings, self._loop)
+            timer = self._connect_timers(pool_name, backend_name) if self._connect_timers else None
+            pool = self._pools[key] = UpstreamPool(address, settings, self._loop, timer)
         return pool
 
     def retain_only(self, in_use: Iterable[UpstreamPool]) -> None:

@@ -10,6 +10,7 @@ import asyncio
 import ssl
 from collections import deque
 from dataclasses import dataclass
+from typing import Protocol
 
 from loadweaver.config.addresses import UpstreamAddress
 from loadweaver.pool.connection import UpstreamConnection
@@ -35,13 +36,24 @@ class UpstreamConnectError(Exception):
         self.detail = detail
 
 
+class ConnectTimer(Protocol):
+    """Told how long each new connection took to open (a prometheus histogram child)."""
+
+    def observe(self, amount: float) -> None: ...
+
+
 class UpstreamPool:
     def __init__(
-        self, address: UpstreamAddress, settings: PoolSettings, loop: asyncio.AbstractEventLoop
+        self,
+        address: UpstreamAddress,
+        settings: PoolSettings,
+        loop: asyncio.AbstractEventLoop,
+        connect_timer: ConnectTimer | None = None,
     ) -> None:
         self.address = address
         self.settings = settings
         self._loop = loop
+        self._connect_timer = connect_timer
         self._idle: deque[UpstreamConnection] = deque()
         self._waiters: deque[asyncio.Future[UpstreamConnection | None]] = deque()
         self.open_connections = 0  # open or opening, idle or lent out
@@ -145,6 +157,7 @@ class UpstreamPool:
     async def _open(self) -> UpstreamConnection:
         self.open_connections += 1
         settings = self.settings
+        started = self._loop.time()
         try:
             _, connection = await asyncio.wait_for(
                 self._loop.create_connection(
@@ -164,6 +177,8 @@ class UpstreamPool:
                 raise
             raise _connect_error(error) from error
         connection.requests = 1
+        if self._connect_timer is not None:
+            self._connect_timer.observe(self._loop.time() - started)
         return connection
 
     def _next_waiter(self) -> asyncio.Future[UpstreamConnection | None] | None:

@@ -14,11 +14,11 @@ from loguru import logger
 from loadweaver.balancing.base import PickContext
 from loadweaver.control.snapshot import ListenerSpec
 from loadweaver.observability.metrics import Metrics
+from loadweaver.observability.runtime_collector import ListenerStats
 from loadweaver.pool.connection import UpstreamConnection
 from loadweaver.proxy import replies
 from loadweaver.proxy.exchange import Exchange
 from loadweaver.proxy.headers import (
-    REQUEST_SPECIAL,
     Header,
     forwarded_element,
     render_forwarding,
@@ -40,18 +40,24 @@ class LocalReplyItem:
 
     finished = False
 
-    def __init__(self, client: "ClientConnection", reply: LocalReply) -> None:
+    def __init__(
+        self, client: "ClientConnection", reply: LocalReply, request: Exchange | None = None
+    ) -> None:
         self.client = client
         self.reply = reply
+        self.request = request  # the request it answers, when its head could be parsed
 
     def start(self) -> None:
         self.finished = True
         client = self.client
         reply = self.reply
         client.metrics.local_replies.labels(reply.status, reply.reason).inc()
-        client.metrics.counts.by_class[reply.status // 100] += 1
         keep_alive = not reply.close and not client.closing
-        client.write(reply.render(keep_alive))
+        request = self.request
+        data = reply.render(keep_alive, request.reply_id_line() if request is not None else b"")
+        client.write(data)
+        now = client.loop.time()
+        client.recorder.record(client, request, reply.status, now, reply.reason, len(data))
         client.exchange_done(self, keep_alive)
 
     def check_deadline(self, now: float) -> None:
@@ -101,8 +107,11 @@ class ClientConnection(asyncio.Protocol):
         "queue",
         "read_pauses",
         "received_any",
+        "recorder",
         "rejected",
         "special",
+        "special_names",
+        "stats",
         "tls",
         "trailers",
         "transport",
@@ -114,10 +123,14 @@ class ClientConnection(asyncio.Protocol):
         "write_paused",
     )
 
-    def __init__(self, context: "ProxyContext", listener: ListenerSpec) -> None:
+    def __init__(
+        self, context: "ProxyContext", listener: ListenerSpec, stats: ListenerStats
+    ) -> None:
         self.context = context
         self.loop = context.loop
         self.metrics: Metrics = context.metrics
+        self.recorder = context.metrics.recorder
+        self.stats = stats
         self.listener = listener
         self.tls = listener.certificates is not None
         self.transport: asyncio.Transport | None = None
@@ -147,6 +160,7 @@ class ClientConnection(asyncio.Protocol):
         self.header_count = 0
         self.trailers: list[Header] = []
         self.limits = context.holder.current.limits
+        self.special_names = context.holder.current.request_special
         self.pick_context = PickContext("")
         self.forwarding_host: bytes | None = None
         self.forwarding_cache = b""
@@ -164,14 +178,16 @@ class ClientConnection(asyncio.Protocol):
         self.trusted = snapshot.trusted_proxies.trusts(self.client_ip)
         self.deadline = self.loop.time() + self.listener.request_header_timeout
         self.context.connections.add(self)
-        self.metrics.client_connections.inc()
+        stats = self.stats
+        stats.active += 1
+        stats.total += 1
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.closed:
             return
         self.closed = True
         self.context.connections.discard(self)
-        self.metrics.client_connections.dec()
+        self.stats.active -= 1
         for item in self.queue:
             item.abandon()
         self.queue.clear()
@@ -229,7 +245,9 @@ class ClientConnection(asyncio.Protocol):
             self.header_bytes = 0
             self.header_count = 0
             self.trailers = []
-            self.limits = self.context.holder.current.limits
+            snapshot = self.context.holder.current
+            self.limits = snapshot.limits
+            self.special_names = snapshot.request_special
             if not self.queue:
                 self.deadline = self.loop.time() + self.listener.request_header_timeout
                 self.deadline_kind = "request_header"
@@ -248,7 +266,7 @@ class ClientConnection(asyncio.Protocol):
         if self.header_bytes > limits.max_header_bytes or self.header_count > limits.max_headers:
             raise RequestRejectedError(replies.HEADERS_TOO_LARGE)
         lowered = name.lower()
-        if lowered in REQUEST_SPECIAL:
+        if lowered in self.special_names:
             self.special.append((lowered, value))
         else:
             self.headers.append((name, value))
@@ -258,12 +276,12 @@ class ClientConnection(asyncio.Protocol):
         if not self.queue:
             self.deadline = 0.0
         exchange = self._new_exchange()
-        self.metrics.counts.requests += 1
+        self.recorder.received += 1
         if not exchange.has_body and not exchange.upgrade:
             # Complete already: a reply sent during start() may keep the connection.
             exchange.request_complete = True
         problem = exchange.prepare(self.context.holder.current)
-        item: Item = exchange if problem is None else LocalReplyItem(self, problem)
+        item: Item = exchange if problem is None else LocalReplyItem(self, problem, exchange)
         if problem is not None:
             logger.info(
                 "{} {} from {}: {}",
@@ -452,14 +470,17 @@ class ClientConnection(asyncio.Protocol):
             self.transport.pause_reading()
         logger.info("rejected request from {}: {} {}", self.client_ip, reply.status, reply.reason)
         parsing, self.parsing = self.parsing, None
-        if isinstance(parsing, Exchange) and not parsing.request_complete:
+        request = parsing if isinstance(parsing, Exchange) else None
+        if request is not None and not request.request_complete:
             # The request being streamed is cut short and cannot complete.
-            if self.queue and self.queue[0] is parsing:
-                parsing.fail(reply)
+            if self.queue and self.queue[0] is request:
+                request.fail(reply)
                 return
-            parsing.abandon()
-            self.queue.remove(parsing)
-        item = LocalReplyItem(self, reply)
+            request.abandon()
+            self.queue.remove(request)
+        elif request is not None:
+            request = None  # complete and queued: the reply answers a request not yet parsed
+        item = LocalReplyItem(self, reply, request)
         self.queue.append(item)
         if len(self.queue) == 1:
             item.start()

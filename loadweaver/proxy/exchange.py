@@ -13,12 +13,13 @@ from loguru import logger
 from loadweaver.balancing.base import Backend, NoBackend, PickContext, Strategy
 from loadweaver.balancing.sticky import StickyPolicy
 from loadweaver.control.snapshot import PoolRuntime, Snapshot
+from loadweaver.observability.request_ids import RequestIdPolicy, valid_request_id
 from loadweaver.pool.connection import UpstreamConnection
 from loadweaver.pool.pool import UpstreamConnectError
 from loadweaver.proxy import replies
 from loadweaver.proxy.headers import (
     FORWARDING,
-    HOP_BY_HOP,
+    RESPONSE_SPECIAL,
     Header,
     connection_tokens,
     forwarded_element,
@@ -31,6 +32,7 @@ from loadweaver.proxy.headers import (
 from loadweaver.proxy.replies import LocalReply, RequestRejectedError
 from loadweaver.proxy.retry import IDEMPOTENT
 from loadweaver.routing.rate_limit import RouteLimit
+from loadweaver.routing.table import CompiledRoute
 
 if TYPE_CHECKING:
     from loadweaver.balancing.sticky import SharedSessions
@@ -39,7 +41,6 @@ if TYPE_CHECKING:
 REPLAY_LIMIT = 64 * 1024  # request bytes kept so a stale keep-alive failure can be replayed
 BUFFER_HIGH_WATER = 256 * 1024  # body bytes held while connecting before client reads pause
 NO_BODY_STATUSES = frozenset((204, 304))
-RESPONSE_SPECIAL = HOP_BY_HOP | {b"content-length"}
 
 # Response framing towards the client.
 NONE, LENGTH, CHUNKED, CLOSE = range(4)
@@ -49,15 +50,19 @@ class Exchange:
     __slots__ = (
         "backend",
         "body_received",
+        "bytes_out",
         "chunked",
         "client",
+        "connected_at",
         "content_length",
         "deadline",
+        "ended",
         "finished",
         "head",
         "headers",
         "host",
         "http11",
+        "id_policy",
         "informational",
         "keep_alive",
         "keep_client",
@@ -72,13 +77,18 @@ class Exchange:
         "replay_limit",
         "replay_size",
         "request_complete",
+        "request_id",
+        "response_at",
         "response_done",
         "response_framing",
         "response_headers",
+        "response_names",
         "response_special",
         "response_started",
         "retried",
         "retry_status",
+        "route",
+        "served_by",
         "set_cookie",
         "special",
         "started",
@@ -95,7 +105,7 @@ class Exchange:
         "upstream_until_close",
     )
 
-    def __init__(  # noqa: PLR0917 - one positional call per request, on the hot path
+    def __init__(  # noqa: PLR0917, PLR0915 - one positional call per request; a slot a line
         self,
         client: "ClientConnection",
         method: bytes,
@@ -157,6 +167,16 @@ class Exchange:
         self.upstream_keep_alive = False
         self.tunnel_data: list[bytes] | None = None
         self.trailers: list[Header] | None = None
+        # For metrics and the access log:
+        self.route: CompiledRoute | None = None
+        self.served_by: Backend | None = None  # the last backend that carried the request
+        self.request_id = b""
+        self.id_policy: RequestIdPolicy | None = None
+        self.response_names = RESPONSE_SPECIAL
+        self.bytes_out = 0
+        self.connected_at = 0.0  # loop time a connection was attached
+        self.response_at = 0.0  # loop time the response head arrived
+        self.ended = 0.0  # loop time the backend was released
 
     @property
     def has_body(self) -> bool:
@@ -186,7 +206,9 @@ class Exchange:
         self.max_body = limits.max_body_bytes
         if self.content_length is not None and self.content_length > limits.max_body_bytes:
             return replies.BODY_TOO_LARGE
-        route = snapshot.routes.match(
+        self.id_policy = snapshot.request_id
+        self.response_names = snapshot.response_special
+        route = self.route = snapshot.routes.match(
             hostname, path, self.method.decode(), self.headers, self.special
         )
         if route is None:
@@ -222,6 +244,8 @@ class Exchange:
         connection: list[bytes] = []
         upgrade: list[bytes] = []
         forwarding: list[Header] = []
+        policy = self.id_policy
+        incoming_id: bytes | None = None
         for name, value in self.special:
             if name == b"connection":
                 connection.append(value)
@@ -229,6 +253,8 @@ class Exchange:
                 upgrade.append(value)
             elif name in FORWARDING:
                 forwarding.append((name, value))
+            elif policy is not None and name == policy.lowered:
+                incoming_id = value
         if connection and names_extra_headers(connection):
             dropped = connection_tokens(connection)
             headers = [(name, value) for name, value in headers if name.lower() not in dropped]
@@ -250,6 +276,14 @@ class Exchange:
         if headers:
             lines += (b"\r\n".join(map(b": ".join, headers)), b"\r\n")
         lines.append(block)
+        if policy is not None:
+            if incoming_id is None:
+                ids = client.context.request_ids
+                incoming_id = ids.prefix + b"%x" % next(ids.counter)  # RequestIds.next, inlined
+            elif not valid_request_id(incoming_id):
+                incoming_id = client.context.request_ids.next()
+            self.request_id = incoming_id
+            lines += (policy.line_start, incoming_id, b"\r\n")
         if self.upgrade:
             lines += (b"Connection: Upgrade\r\nUpgrade: ", joined(upgrade), b"\r\n")
         if self.chunked:
@@ -364,6 +398,7 @@ class Exchange:
         backend, self.backend = self.backend, None
         if backend is None:
             return
+        self.served_by = backend
         pool = self.pool
         if fault:
             if pool is not None and pool.passive is not None:
@@ -373,7 +408,8 @@ class Exchange:
         load = backend.load
         load.in_flight -= 1
         stats = load.stats
-        stats.pending.append(self.client.loop.time() - self.started)  # bucketed off the hot path
+        self.ended = now = self.client.loop.time()
+        stats.pending.append(now - self.started)  # bucketed off the hot path
         if failed:
             stats.errors += 1
         if pool is not None and pool.load_aware:
@@ -399,10 +435,11 @@ class Exchange:
     def _connect_failed(self, backend: Backend, error: UpstreamConnectError) -> None:
         pool = self.pool
         retry = pool.retry if pool is not None else None
+        if error.kind != "closed":  # "closed": the backend was removed, not a failure of its own
+            self._upstream_error("connect", backend)
         if retry is not None and retry.on_connect and self._retry_elsewhere("connect_failure"):
             return  # nothing was sent: any method may go to another backend
         metrics = self.client.metrics
-        metrics.upstream_errors.labels(f"connect_{error.kind}").inc()
         if error.kind == "timeout":
             metrics.timeouts.labels("connect").inc()
             reply = replies.CONNECT_TIMEOUT
@@ -425,7 +462,8 @@ class Exchange:
         self.upstream = connection
         connection.handler = self
         self.parser = httptools.HttpResponseParser(self)
-        self.deadline = self.client.loop.time() + pool.try_timeout
+        self.connected_at = now = self.client.loop.time()
+        self.deadline = now + pool.try_timeout
         pending = self.pending
         assert pending is not None
         self.pending = None
@@ -494,8 +532,10 @@ class Exchange:
         out = self.out
         if out:
             client = self.client
+            data = out[0] if len(out) == 1 else b"".join(out)
+            self.bytes_out += len(data)
             if not client.closed:
-                client.transport.write(out[0] if len(out) == 1 else b"".join(out))  # type: ignore[union-attr]
+                client.transport.write(data)  # type: ignore[union-attr]
             out.clear()
         if self.response_done:
             self._complete()
@@ -507,7 +547,7 @@ class Exchange:
             self.trailers.append((name, value))
             return
         lowered = name.lower()
-        if lowered in RESPONSE_SPECIAL:
+        if lowered in self.response_names:
             self.response_special.append((lowered, value))
             if lowered != b"content-length":
                 return
@@ -526,6 +566,7 @@ class Exchange:
         self.status = status
         self.deadline = self.total_deadline
         self.response_started = True
+        self.response_at = self.client.loop.time()
         self.out.append(self._render_response_head(status))
         # llhttp forgets keep-alive once the message completes, so it is read now.
         self.upstream_keep_alive = parser.should_keep_alive()
@@ -562,6 +603,8 @@ class Exchange:
         has_length = chunked = False
         connection: list[bytes] = []
         upgrade: list[bytes] = []
+        policy = self.id_policy
+        request_id = self.request_id
         for name, value in self.response_special:
             if name == b"content-length":
                 has_length = True
@@ -571,6 +614,8 @@ class Exchange:
                 upgrade.append(value)
             elif name == b"transfer-encoding":
                 chunked = True
+            elif policy is not None and name == policy.lowered:
+                request_id = value  # the backend's own id wins: it may have made a better one
         if connection and names_extra_headers(connection):
             dropped = connection_tokens(connection)
             headers = [(name, value) for name, value in headers if name.lower() not in dropped]
@@ -584,13 +629,15 @@ class Exchange:
             )
         keep_alive = self.keep_alive and not self.client.closing and not self.upgrade
         extra = b""
+        if policy is not None and policy.respond and request_id:
+            extra = policy.line_start + request_id + b"\r\n"
         if self.method == b"HEAD" or status in NO_BODY_STATUSES:
             self.response_framing = NONE
         elif has_length and not chunked:
             self.response_framing = LENGTH
         elif self.http11:
             self.response_framing = CHUNKED
-            extra = b"Transfer-Encoding: chunked\r\n"
+            extra += b"Transfer-Encoding: chunked\r\n"
             self.upstream_until_close = not chunked
         else:
             self.response_framing = CLOSE
@@ -607,7 +654,9 @@ class Exchange:
     def _flush_to_client(self) -> None:
         out = self.out
         if out:
-            self.client.write(out[0] if len(out) == 1 else b"".join(out))
+            data = out[0] if len(out) == 1 else b"".join(out)
+            self.bytes_out += len(data)
+            self.client.write(data)
             out.clear()
 
     def _complete(self) -> None:
@@ -632,7 +681,7 @@ class Exchange:
             connection.pool.release(connection, reusable)
         self.parser = None
         client = self.client
-        client.metrics.counts.by_class[self.status // 100] += 1
+        client.recorder.record(client, self, self.status, self.ended or client.loop.time())
         client.exchange_done(self, self.keep_client and self.request_complete)
 
     # ---- failures ----
@@ -648,7 +697,7 @@ class Exchange:
                     self.client.write(b"0\r\n\r\n")
                 self._complete()
             else:
-                self.client.metrics.upstream_errors.labels("reset_during_response").inc()
+                self._upstream_error("reset")
                 logger.warning("backend {} closed the connection mid-response", self.backend)
                 self._finish(failed=True, fault=True)
                 self.client.abort()
@@ -662,7 +711,7 @@ class Exchange:
         ):
             self._retry_fresh(self.backend)
             return
-        self.client.metrics.upstream_errors.labels("reset_before_response").inc()
+        self._upstream_error("reset")
         logger.warning("backend {} closed the connection before responding", self.backend)
         pool = self.pool
         retry = pool.retry if pool is not None else None
@@ -751,8 +800,16 @@ class Exchange:
         self._go(pool, picked)
         return True
 
+    def _upstream_error(self, kind: str, backend: Backend | None = None) -> None:
+        """One of UPSTREAM_ERROR_KINDS, charged to `backend` (default: the current one)."""
+        backend = backend or self.backend
+        pool = self.pool
+        self.client.metrics.upstream_error(
+            pool.name if pool is not None else "", backend.name if backend is not None else "", kind
+        )
+
     def _invalid_response(self, detail: str) -> None:
-        self.client.metrics.upstream_errors.labels("invalid_response").inc()
+        self._upstream_error("protocol")
         logger.warning("backend {} sent an invalid response: {}", self.backend, detail)
         self.fail(
             replies.bad_gateway("invalid_response", "The backend sent an invalid response."),
@@ -773,6 +830,7 @@ class Exchange:
                 self.fail(replies.QUEUE_TIMEOUT)
                 return
             self.client.metrics.timeouts.labels("response").inc()
+            self._upstream_error("timeout")
             logger.warning("backend {} did not answer in time", self.backend)
             pool = self.pool
             retry = pool.retry if pool is not None else None
@@ -807,9 +865,22 @@ class Exchange:
         keep_alive = (
             not reply.close and self.request_complete and self.keep_alive and not self.upgrade
         )
-        self.client.metrics.counts.by_class[reply.status // 100] += 1
-        self.client.write(reply.render(keep_alive and not self.client.closing))
-        self.client.exchange_done(self, keep_alive)
+        data = reply.render(keep_alive and not client.closing, self.reply_id_line())
+        self.bytes_out += len(data)
+        client.write(data)
+        self.status = reply.status
+        client.recorder.record(client, self, reply.status, client.loop.time(), reply.reason)
+        client.exchange_done(self, keep_alive)
+
+    def reply_id_line(self) -> bytes:
+        """The request id header for a reply the proxy writes itself; b"" when ids are off."""
+        policy = self.id_policy
+        if policy is None or not policy.respond:
+            return b""
+        if not self.request_id:
+            incoming = next((value for name, value in self.special if name == policy.lowered), None)
+            self.request_id = self.client.context.request_ids.keep_or_make(incoming)
+        return policy.line_start + self.request_id + b"\r\n"
 
     def abandon(self) -> None:
         """The client went away: drop the upstream side unless it finished cleanly."""
@@ -850,7 +921,9 @@ class Exchange:
             return
         self._finish()
         self.upstream = None
-        self.client.start_tunnel(connection, first_bytes, self.tunnel_data)
+        client = self.client
+        client.recorder.record(client, self, 101, self.ended or client.loop.time())
+        client.start_tunnel(connection, first_bytes, self.tunnel_data)
 
 
 def _forwarding_block(client_ip: str, tls: bool, host: bytes, received: list[Header]) -> bytes:

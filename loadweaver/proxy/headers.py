@@ -15,6 +15,8 @@ FORWARDING = frozenset(
 )
 # Request headers the proxy re-renders itself rather than copying.
 REQUEST_SPECIAL = HOP_BY_HOP | FORWARDING | {b"host", b"content-length"}
+# Response headers the proxy re-renders; the request id header joins both sets when it is on.
+RESPONSE_SPECIAL = HOP_BY_HOP | {b"content-length"}
 # A client may name these in Connection, but dropping them would change the request's meaning.
 NEVER_DROPPED = frozenset((b"host", b"content-length"))
 

@@ -8,12 +8,14 @@ import asyncio
 import contextlib
 import errno
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from loguru import logger
 
 from loadweaver.control.snapshot import ListenerSpec, SnapshotHolder
 from loadweaver.observability.metrics import Metrics
+from loadweaver.observability.request_ids import RequestIds
+from loadweaver.observability.runtime_collector import ListenerStats
 from loadweaver.proxy.client import ClientConnection
 from loadweaver.proxy.tls import SniSelector, listener_context
 
@@ -67,6 +69,9 @@ class ProxyContext:
     holder: SnapshotHolder
     metrics: Metrics
     connections: ConnectionRegistry
+    # Per listener name, kept across reloads so its counters never go back.
+    listener_stats: dict[str, ListenerStats] = field(default_factory=dict)
+    request_ids: RequestIds = field(default_factory=RequestIds)
 
 
 class ListenError(Exception):
@@ -82,6 +87,7 @@ class Listener:
         self.reuse_port = reuse_port
         self.sni: SniSelector | None = None
         self._server: asyncio.Server | None = None
+        self.stats = context.listener_stats.setdefault(spec.name, ListenerStats())
 
     async def start(self) -> None:
         spec = self.spec
@@ -116,7 +122,7 @@ class Listener:
             self.sni.certificates = spec.certificates
 
     def _new_connection(self) -> ClientConnection:
-        return ClientConnection(self.context, self.spec)
+        return ClientConnection(self.context, self.spec, self.stats)
 
     @property
     def sockets(self) -> list[socket.socket]:

@@ -13,14 +13,15 @@ class LocalReply:
     close: bool = True
     headers: bytes = b""  # extra header lines, each ending in CRLF
 
-    def render(self, keep_alive: bool) -> bytes:
+    def render(self, keep_alive: bool, extra: bytes = b"") -> bytes:
+        """`extra`: more header lines, each ending in CRLF, such as the request id."""
         body = (self.message + "\n").encode()
         phrase = HTTPStatus(self.status).phrase
         connection = b"keep-alive" if keep_alive else b"close"
         return (
             b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
-            b"Content-Length: %d\r\nCache-Control: no-store\r\n%sConnection: %s\r\n\r\n%s"
-            % (self.status, phrase.encode(), len(body), self.headers, connection, body)
+            b"Content-Length: %d\r\nCache-Control: no-store\r\n%s%sConnection: %s\r\n\r\n%s"
+            % (self.status, phrase.encode(), len(body), self.headers, extra, connection, body)
         )
 
 

@@ -134,7 +134,7 @@ async def test_open_paths_need_no_token_even_when_one_is_configured(
     metrics = await anonymous.call("GET", "/metrics")
     assert metrics.status == 200
     assert metrics.headers["Content-Type"].startswith("text/plain")
-    assert metric(metrics.text, "loadweaver_requests_total") == 1
+    assert metric(metrics.text, "loadweaver_requests_received_total") == 1
     page = await anonymous.call("GET", "/")
     assert page.status == 200
     assert page.headers["Content-Type"].startswith("text/html")

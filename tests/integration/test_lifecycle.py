@@ -233,12 +233,13 @@ async def test_admin_endpoints(
         assert metrics.headers["Content-Type"].startswith("text/plain")
         text = await metrics.text()
     assert "# TYPE loadweaver_requests_total counter" in text
+    assert "# TYPE loadweaver_request_duration_seconds histogram" in text
     samples = {
         line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
         for line in text.splitlines()
         if line and not line.startswith("#")
     }
-    assert samples["loadweaver_requests_total"] == 3.0
+    assert samples["loadweaver_requests_received_total"] == 3.0
     assert samples['loadweaver_responses_total{code="2xx"}'] == 3.0
 
     node.signal(signal.SIGTERM)

@@ -200,9 +200,7 @@ async def test_backend_closing_idle_keep_alive_connections_is_invisible_to_clien
         await asyncio.sleep(0.08)
     await client.close()
     assert statuses == [200] * 12
-    errors = metric(
-        proxied.node, "loadweaver_upstream_errors_total", {"kind": "reset_before_response"}
-    )
+    errors = metric(proxied.node, "loadweaver_upstream_errors_total", {"kind": "reset"})
     assert errors == 0
     # Each request was sent once: the closed idle connection was noticed, not written to.
     assert len(proxied.backend.requests) == 12
@@ -281,7 +279,7 @@ async def test_invalid_response_gives_502(proxied_factory: StartProxied) -> None
     assert result.body.strip()
     assert time.monotonic() - started < 1.0
     assert len(proxied.backend.requests) == 1
-    kind = {"kind": "invalid_response"}
+    kind = {"kind": "protocol"}
     assert metric(proxied.node, "loadweaver_upstream_errors_total", kind) == 1
 
 

@@ -5,12 +5,15 @@ figure is the Python work per proxied request alone. Run it under callgrind for 
 count that does not depend on machine noise:
 
     python -m tests.performance.hot_path 20000
+    python -m tests.performance.hot_path 20000 '{"metrics": {"enabled": false}}'
     valgrind --tool=callgrind python -m tests.performance.hot_path 2000   # and 6000: diff / 4000
 """
 
 import asyncio
+import json
 import sys
 import time
+from typing import Any
 
 import uvloop
 
@@ -21,6 +24,7 @@ from loadweaver.control.limiters import LimiterRegistry
 from loadweaver.control.loads import LoadRegistry
 from loadweaver.control.snapshot import SnapshotHolder
 from loadweaver.observability.metrics import Metrics
+from loadweaver.observability.runtime_collector import ListenerStats
 from loadweaver.pool.connection import UpstreamConnection
 from loadweaver.pool.manager import PoolManager
 from loadweaver.proxy.client import ClientConnection
@@ -52,13 +56,17 @@ class MemoryTransport:
     def abort(self) -> None: ...
 
 
-async def measure(requests: int) -> tuple[float, bytes, bytes]:
+async def measure(
+    requests: int, sections: dict[str, Any] | None = None
+) -> tuple[float, bytes, bytes]:
+    """`sections`: more top-level config, such as {"metrics": {"enabled": False}}."""
     loop = asyncio.get_running_loop()
     config = build_config(
         {
             "listeners": [{"name": "web", "bind": "127.0.0.1:18080"}],
             "pools": {"app": {"backends": [{"name": "a", "url": "http://127.0.0.1:9001"}]}},
             "routes": [{"name": "default", "pool": "app"}],
+            **(sections or {}),
         },
         "hot_path",
     )
@@ -67,14 +75,16 @@ async def measure(requests: int) -> tuple[float, bytes, bytes]:
         PoolManager(loop), LoadRegistry(loop.time), b"hot-path-secret", limiters
     )
     holder = SnapshotHolder(compile_snapshot(config, 1, resources))
-    context = ProxyContext(loop, holder, Metrics(), ConnectionRegistry(loop, holder))
+    metrics = Metrics()
+    metrics.configure(config.metrics)
+    context = ProxyContext(loop, holder, metrics, ConnectionRegistry(loop, holder))
     backend = holder.current.pools["app"].backends[0]
     upstream = UpstreamConnection(backend.connections)
     upstream_transport = MemoryTransport()
     upstream.connection_made(upstream_transport)  # type: ignore[arg-type]
     backend.connections.open_connections = 1
     backend.connections.release(upstream, reusable=True)
-    client = ClientConnection(context, holder.current.listeners["web"])
+    client = ClientConnection(context, holder.current.listeners["web"], ListenerStats())
     client_transport = MemoryTransport()
     client.connection_made(client_transport)  # type: ignore[arg-type]
     started = time.perf_counter()
@@ -87,7 +97,8 @@ async def measure(requests: int) -> tuple[float, bytes, bytes]:
 
 def main() -> None:
     requests = int(sys.argv[1]) if len(sys.argv) > 1 else 20000
-    per_request, _, _ = uvloop.run(measure(requests))
+    sections = json.loads(sys.argv[2]) if len(sys.argv) > 2 else None
+    per_request, _, _ = uvloop.run(measure(requests, sections))
     print(f"{per_request * 1e6:.2f} µs of Python per proxied request ({requests} requests)")
 
 

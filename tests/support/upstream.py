@@ -35,9 +35,14 @@ def blackhole_port(fill: int = 3) -> Iterator[int]:
 
 
 def metric(node: Node, name: str, labels: dict[str, str] | None = None) -> float:
-    """A sample from the node's own registry; 0 when the labelled child does not exist yet."""
-    value = node.metrics.registry.get_sample_value(name, labels or {})
-    return 0.0 if value is None else value
+    """The sum of the node's samples called `name` whose labels include `labels`; 0 if none."""
+    wanted = (labels or {}).items()
+    return sum(
+        sample.value
+        for family in node.metrics.registry.collect()
+        for sample in family.samples
+        if sample.name == name and wanted <= sample.labels.items()
+    )
 
 
 def local_reply_count(node: Node, status: int, reason: str) -> float:

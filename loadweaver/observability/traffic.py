@@ -1,0 +1,128 @@
+"""Traffic patterns: the top clients, paths, user agents and status codes over a sliding window.
+
+Each dimension is a bounded heavy-hitter summary per time slot (topk.py). Finished requests
+arrive in chunks from the reader; under heavy load only every k-th request is looked at and
+counted k times, so the work per second stays bounded while the shares stay right.
+"""
+
+import math
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from loadweaver.config.observability import TrafficPatternsConfig
+from loadweaver.observability.recorder import Finished
+from loadweaver.observability.request_fields import (
+    client_address,
+    clip,
+    header_value,
+    path_and_query,
+)
+from loadweaver.observability.topk import HeavyHitters, SlidingTopK
+
+DIMENSIONS = ("clients", "paths", "user_agents", "status_codes")
+LOOKED_AT_PER_SECOND = 10_000  # past this rate, requests are sampled
+PUBLISHED_TOP = 20  # entries per dimension a node shares with the cluster
+
+
+class TrafficPatterns:
+    def __init__(self, settings: TrafficPatternsConfig, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self.settings = settings
+        self._windows = {
+            dimension: SlidingTopK(settings.window, settings.slots, settings.capacity, clock)
+            for dimension in DIMENSIONS
+        }
+        self._second = -1
+        self._offered_this_second = 0
+        self._step = 1  # look at every k-th request; k follows the last second's rate
+        self._skip = 0
+
+    def add(self, batch: Sequence[Finished]) -> None:
+        self._adapt_step(len(batch))
+        step = self._step
+        picked = batch[self._skip :: step]
+        self._skip = (self._skip - len(batch)) % step
+        keys: dict[str, Counter[str]] = {dimension: Counter() for dimension in DIMENSIONS}
+        for client, exchange, status, *_ in picked:
+            keys["clients"][client_address(client, exchange)] += step
+            keys["status_codes"][str(status)] += step
+            if exchange is None:
+                keys["paths"]["-"] += step
+                keys["user_agents"]["-"] += step
+                continue
+            keys["paths"][clip(path_and_query(exchange)[0])] += step
+            keys["user_agents"][clip(header_value(exchange, b"user-agent") or "-")] += step
+        for dimension, counts in keys.items():
+            if counts:
+                self._windows[dimension].add_counts(counts)
+
+    def _adapt_step(self, offered: int) -> None:
+        second = int(self._clock())
+        if second != self._second:
+            rate = self._offered_this_second / max(1, second - self._second)
+            self._step = max(1, math.ceil(rate / LOOKED_AT_PER_SECOND))
+            self._second, self._offered_this_second = second, 0
+        self._offered_this_second += offered
+
+    @property
+    def step(self) -> int:
+        """Every how many requests one is looked at, lately (1: all of them)."""
+        return self._step
+
+    def summaries(self) -> dict[str, HeavyHitters]:
+        return {dimension: window.summary() for dimension, window in self._windows.items()}
+
+    def covered_seconds(self) -> float:
+        return self._windows["clients"].covered_seconds()
+
+    def to_record(self) -> dict[str, Any]:
+        """What a node shares with the cluster: its window's top entries per dimension."""
+        record: dict[str, Any] = {"window": self.covered_seconds(), "step": self.step}
+        for dimension, summary in self.summaries().items():
+            record[dimension] = summary.to_record(PUBLISHED_TOP)
+        return record
+
+
+def view(
+    summaries: Mapping[str, HeavyHitters], window: float, top: int, sample_step: int = 1
+) -> dict[str, Any]:
+    """The traffic document: per dimension the `top` keys with count, share and error bound."""
+    document: dict[str, Any] = {
+        "window_seconds": round(window, 3),
+        "requests": summaries["status_codes"].total if "status_codes" in summaries else 0,
+        "sample_step": sample_step,
+    }
+    for dimension in DIMENSIONS:
+        summary = summaries.get(dimension) or HeavyHitters(1)
+        total = summary.total or 1
+        document[dimension] = {
+            "error_bound": summary.error,
+            "top": [
+                {"key": key, "count": count, "share": round(count / total, 4)}
+                for key, count in summary.top(top)
+            ],
+        }
+    return document
+
+
+def merge_records(
+    records: Iterable[Mapping[str, Any]], capacity: int
+) -> tuple[dict[str, HeavyHitters], float, int]:
+    """Several nodes' shared records as one set of summaries, the longest window and the
+    largest sample step among them; a malformed record is skipped."""
+    merged = {dimension: HeavyHitters(capacity) for dimension in DIMENSIONS}
+    window, step = 0.0, 1
+    for record in records:
+        try:
+            parts = {
+                dimension: HeavyHitters.from_record(record[dimension], capacity)
+                for dimension in DIMENSIONS
+            }
+            record_window, record_step = float(record["window"]), int(record["step"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        for dimension, summary in parts.items():
+            merged[dimension].merge(summary)
+        window, step = max(window, record_window), max(step, record_step)
+    return merged, window, step
