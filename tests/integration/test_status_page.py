@@ -18,6 +18,7 @@ from tests.conftest import StartBackend, StartNode
 from tests.support.chromium import INSTALL_TIMEOUT, Page, chromium_binary, open_browser
 from tests.support.client import RawClient, get
 from tests.support.nodes import admin_port, listener_port, node_config
+from tests.support.ports import closed_port
 
 # The first test may have to install Chromium, which takes longer than a test may otherwise.
 pytestmark = [] if shutil.which("chromium") else [pytest.mark.timeout(INSTALL_TIMEOUT + 60)]
@@ -186,3 +187,37 @@ async def test_status_page_asks_for_the_token_and_then_shows_the_data(
     stored = "sessionStorage.getItem('loadweaver-admin-token')"
     assert await browser.evaluate(stored) == TOKEN
     assert TOKEN not in await browser.evaluate("location.href")
+
+
+async def test_status_page_shows_traffic_patterns_and_firing_alerts(
+    backend_factory: StartBackend,
+    node_factory: StartNode,
+    browser: Page,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    backend = await backend_factory(name="b0")
+    config = node_config(
+        [backend.url, f"http://127.0.0.1:{closed_port()}"],
+        pool={"health": {"interval": "200ms", "timeout": "100ms", "fall": 1, "rise": 1}},
+        alerts={"interval": "200ms", "rules": [{"name": "gone", "metric": "backend_down"}]},
+    )
+    await node_factory(config)
+
+    await browser.open(status_url(config))
+    await wait_until_live(browser)
+    async with traffic(listener_port(config)):
+        await browser.wait_for(
+            "document.querySelector('[data-dimension=\"paths\"] td.key')?.textContent === '/'",
+            message="the traffic section did not show the path being requested",
+        )
+    status_codes = "[data-dimension=\"status_codes\"] td.key"
+    assert await browser.evaluate(f"document.querySelector('{status_codes}').textContent") == (
+        "200"
+    )
+    await browser.wait_for(
+        "document.querySelector('#alert-list tr.firing')?.textContent.includes('gone')",
+        message="the firing backend_down alert was not shown",
+    )
+    firing = await browser.evaluate("document.querySelector('#alert-list tr.firing').textContent")
+    assert "backend=b1" in firing
