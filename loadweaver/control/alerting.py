@@ -60,6 +60,8 @@ class AlertService:
 
     async def run(self) -> None:
         self._notifier.configure(self.settings.webhooks)
+        # A baseline before any request: counters only count once they have risen since it.
+        self._remember(self._node_id, self._observer.observe())
         while True:
             await asyncio.sleep(self.settings.interval)
             try:
@@ -153,6 +155,11 @@ class AlertService:
         if self._was_leading:
             shared["alerts"] = [alert.to_record() for alert in self._cluster_book.firing()]
         return shared
+
+    @property
+    def handed_over(self) -> list[Alert]:
+        """The leader's firing cluster alerts as this node last read them."""
+        return list(self._handed_over)
 
     def active(self) -> list[Alert]:
         """Pending and firing alerts this node tracks, node rules first."""
