@@ -684,6 +684,8 @@ def sample_calls(admin: Admin) -> list[tuple[str, str, str, Any]]:
         ("GET", "/api/v1/stats", "/stats", None),
         ("GET", "/api/v1/stats/stream", "/stats/stream", None),
         ("GET", "/api/v1/cluster/status", "/cluster/status", None),
+        ("GET", "/api/v1/traffic", "/traffic?top=3&scope=node", None),
+        ("GET", "/api/v1/alerts", "/alerts", None),
     ]
 
 
