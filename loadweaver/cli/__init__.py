@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from loadweaver.cli import cluster_commands, config_commands
+from loadweaver.cli import cluster_commands, config_commands, observation_commands
 from loadweaver.cli.admin_client import (
     DEFAULT_ADMIN_URL,
     AdminClient,
@@ -68,6 +68,17 @@ def _add_cluster_commands(commands: "argparse._SubParsersAction[argparse.Argumen
     status = groups.add_parser("status", parents=[connection], help="nodes, leader, version")
     status.add_argument("--json", action="store_true", help="print the raw JSON")
     status.set_defaults(run=cluster_commands.status)
+
+    traffic = groups.add_parser(
+        "traffic", parents=[connection], help="top clients, paths, user agents, status codes"
+    )
+    traffic.add_argument("--top", type=int, default=10, help="entries per list (default 10)")
+    traffic.add_argument("--node", action="store_true", help="this node only, not merged")
+    traffic.add_argument("--json", action="store_true", help="print the raw JSON")
+    traffic.set_defaults(run=observation_commands.traffic)
+    alerts = groups.add_parser("alerts", parents=[connection], help="alerts pending or firing")
+    alerts.add_argument("--json", action="store_true", help="print the raw JSON")
+    alerts.set_defaults(run=observation_commands.alerts)
 
     backends = groups.add_parser("backends", help="list and change backends").add_subparsers(
         dest="action", required=True, metavar="ACTION"

@@ -32,6 +32,7 @@ from tests.support.cli import (
     start_cli,
 )
 from tests.support.client import RawClient, get
+from tests.support.cluster import wait_until
 from tests.support.nodes import admin_port, listener_port, node_config, write_config
 from tests.support.polling import eventually
 from tests.support.ports import closed_port
@@ -408,6 +409,32 @@ async def test_status_names_the_leader_and_config_version(deployment: Deployment
     assert version == deployment.node.holder.current.version
     assert_exit(text, 0, f"leader: {NODE_ID}", f"config version: {version}", stream="stdout")
     assert NODE_ID in text.stdout.splitlines()[2]  # the node table's row, under its header
+
+
+async def test_traffic_prints_the_top_lists_and_refuses_a_bad_top(
+    deployment: Deployment,
+) -> None:
+    for _ in range(4):
+        await deployment.served_by("/popular")
+    await deployment.served_by("/rare")
+
+    async def counted() -> bool:
+        result = await deployment.cli("cluster", "traffic", "--json", "--node")
+        return result.returncode == 0 and json.loads(result.stdout)["requests"] >= 5
+
+    await wait_until(counted, 5.0, "the requests were not counted")
+    text = await deployment.cli("cluster", "traffic", "--top", "1")
+    assert_exit(text, 0, "5 requests in the last", "PATH", "/popular", stream="stdout")
+    assert "/rare" not in text.stdout
+    refused = await deployment.cli("cluster", "traffic", "--top", "0")
+    assert_exit(refused, 1, "top must be a whole number from 1 to 100")
+
+
+async def test_alerts_lists_what_fires(deployment: Deployment) -> None:
+    result = await deployment.cli("cluster", "alerts")
+    assert_exit(result, 0, "no alerts pending or firing", "0 rule(s)", stream="stdout")
+    raw = await deployment.cli("cluster", "alerts", "--json")
+    assert json.loads(raw.stdout) == {"leader": True, "rules": [], "alerts": []}
 
 
 async def test_config_show_prints_yaml_and_where_values_came_from(
