@@ -18,6 +18,7 @@ from collections.abc import Callable, Collection, Sequence
 from typing import Protocol
 
 from loadweaver.balancing.base import Backend, NoBackend, PickContext, Strategy
+from loadweaver.proxy.headers import header_value
 
 SIGNATURE_BYTES = 16
 MAX_EXPIRY_DIGITS = 12  # seconds since the epoch, with room to spare
@@ -141,13 +142,14 @@ class StickyPolicy:
         self._cookie_prefix = f"{cookie}=".encode() if cookie else b""
         self._header = header.lower().encode() if header else b""
 
-    def session_of(self, headers: Sequence[tuple[bytes, bytes]]) -> str | None:
-        """The request's cookie value (cookie mode) or header value (header mode)."""
+    def session_of(
+        self, headers: Sequence[tuple[bytes, bytes]], special: Sequence[tuple[bytes, bytes]] = ()
+    ) -> str | None:
+        """The request's cookie value (cookie mode) or header value (header mode); `special`
+        holds the headers the proxy re-renders (Host, X-Forwarded-For...), lower-cased."""
         if self._header:
-            for name, value in headers:
-                if name.lower() == self._header:
-                    return value.decode("latin-1").strip() or None
-            return None
+            value = header_value(headers, special, self._header)
+            return (value.decode("latin-1").strip() or None) if value is not None else None
         for name, value in headers:
             if name.lower() == b"cookie":
                 found = self._cookie_in(value)

@@ -228,7 +228,7 @@ class Exchange:
         if limit.key == "client_ip" and client.trusted and self._forwarded_for_present():
             forwarded_for = [value for name, value in self.special if name == b"x-forwarded-for"]
             client_ip = client.trusted_proxies.real_client(client_ip, forwarded_for)
-        decision = limit.limiter.admit(limit.key_of(client_ip, self.headers))
+        decision = limit.limiter.admit(limit.key_of(client_ip, self.headers, self.special))
         if decision.allowed:
             return None
         client.metrics.rate_limited.labels(limit.policy).inc()
@@ -318,7 +318,7 @@ class Exchange:
             self._go(pool, picked)
             return
         if sticky is not None and sticky.shared is not None:
-            session = sticky.session_of(self.headers)
+            session = sticky.session_of(self.headers, self.special)
             if session is not None and not sticky.shared.cached(session):
                 # A session this node has not seen may be pinned on another: ask first.
                 client.loop.create_task(self._start_after_lookup(sticky.shared, session))
@@ -377,7 +377,7 @@ class Exchange:
         client = self.client
         forwarded_for = [value for name, value in self.special if name == b"x-forwarded-for"]
         client_ip = client.trusted_proxies.real_client(client.client_ip, forwarded_for)
-        session = sticky.session_of(self.headers) if sticky is not None else None
+        session = sticky.session_of(self.headers, self.special) if sticky is not None else None
         ctx = PickContext(client_ip, session)
         picked = strategy.pick(ctx)
         if ctx.new_session is not None and sticky is not None and sticky.cookie:

@@ -52,6 +52,21 @@ def forwarded_element(client_ip: str, proto: bytes, host: bytes) -> bytes:
     return b'for=%s;proto=%s;host="%s"' % (node.encode(), proto, quoted_host)
 
 
+def header_value(
+    headers: Sequence[Header], special: Sequence[Header], lowered: bytes
+) -> bytes | None:
+    """A request header's first value, wherever the parser put it: among the headers passed on
+    as they came, or the ones the proxy re-renders (Host, forwarding, request id), which are
+    kept lower-cased."""
+    for name, value in headers:
+        if name.lower() == lowered:
+            return value
+    for name, value in special:
+        if name == lowered:
+            return value
+    return None
+
+
 def render_headers(headers: Sequence[Header]) -> bytes:
     """`Name: value` lines, each ending in CRLF; map and join keep the loop in C."""
     if not headers:

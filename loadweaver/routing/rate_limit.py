@@ -3,6 +3,7 @@
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from loadweaver.proxy.headers import header_value
 from loadweaver.traffic.limiter import Limiter
 
 MISSING_KEY = "<none>"  # requests without the keying header share one bucket
@@ -16,13 +17,18 @@ class RouteLimit:
     header: bytes = b""  # the keying header, lower-cased, for key: header
     route: str = ""
 
-    def key_of(self, client_ip: str, headers: Sequence[tuple[bytes, bytes]]) -> str:
+    def key_of(
+        self,
+        client_ip: str,
+        headers: Sequence[tuple[bytes, bytes]],
+        special: Sequence[tuple[bytes, bytes]] = (),
+    ) -> str:
+        """`special`: the headers the proxy re-renders (Host, X-Forwarded-For...), lower-cased."""
         if self.key == "client_ip":
             return client_ip
         if self.key == "route":
             return self.route
-        wanted = self.header
-        for name, value in headers:
-            if name.lower() == wanted:
-                return value.decode("latin-1").strip() or MISSING_KEY
-        return MISSING_KEY
+        value = header_value(headers, special, self.header)
+        return (
+            (value.decode("latin-1").strip() or MISSING_KEY) if value is not None else MISSING_KEY
+        )

@@ -93,3 +93,30 @@ async def test_routes_without_a_limit_are_not_limited(
         await client.send(get("/open/x"))
         assert (await client.read_response()).status == 200
     await client.close()
+
+
+async def test_headers_the_proxy_rewrites_can_key_a_limit_too(
+    backend_factory: StartBackend, node_factory: StartNode
+) -> None:
+    """Host, X-Forwarded-For and the request id are parsed apart from the other headers."""
+    backend = await backend_factory()
+    for header, values in (
+        ("Host", ("a.test", "b.test")),
+        ("X-Forwarded-For", ("198.51.100.1", "198.51.100.2")),
+        ("X-Request-ID", ("trace-a", "trace-b")),
+    ):
+        config = limited_config(backend.url, key=f"header:{header}", burst=1)
+        await node_factory(config)
+        port = listener_port(config)
+        client = await RawClient.connect(port)
+        seen = []
+        for value in (values[0], values[0], values[1]):
+            request = (
+                get("/limited", host=value)
+                if header == "Host"
+                else get("/limited", extra=f"{header}: {value}\r\n")
+            )
+            await client.send(request)
+            seen.append((await client.read_response()).status)
+        await client.close()
+        assert seen == [200, 429, 200], header

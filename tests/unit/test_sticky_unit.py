@@ -237,6 +237,13 @@ def test_header_mode_reads_the_header_case_insensitively(
     assert policy.session_of(headers) == expected
 
 
+def test_header_mode_finds_a_header_the_proxy_rewrites() -> None:
+    """Host and the forwarding headers are parsed into the lower-cased `special` list."""
+    policy = StickyPolicy("app", TTL, SECRET, header="Host")
+    assert policy.session_of([(b"Accept", b"*/*")], [(b"host", b"shop.test")]) == "shop.test"
+    assert policy.session_of([], []) is None
+
+
 def test_set_cookie_line_has_the_promised_attributes() -> None:
     line = cookie_policy().set_cookie_line("v.1.s", secure=False)
     assert line == b"Set-Cookie: lw=v.1.s; Max-Age=3600; Path=/; HttpOnly; SameSite=Lax\r\n"
