@@ -38,7 +38,7 @@ class Observing:
         self._config = config
         self._store = store
         self._loop = loop
-        self.reader = FinishedReader(metrics.recorder, metrics.access_log_dropped.inc)
+        self.reader = FinishedReader(metrics.recorder, metrics.access_log_dropped.inc, loop.time)
         self.access_log = AccessLog(config.logging.access_log, config.node.id, loop.time)
         self.traffic: TrafficPatterns | None = None
         observer = NodeObserver(metrics, holder, listeners, lambda: store.up, wall_clock)
@@ -83,11 +83,11 @@ class Observing:
     def _apply_traffic(self, config: Config) -> None:
         settings = config.traffic_patterns
         self.traffic = TrafficPatterns(settings, self._loop.time) if settings.enabled else None
-        self.reader.set_consumer("traffic", self.traffic.add if self.traffic else None)
+        self.reader.read_sampled(self.traffic.add if self.traffic else None)
 
     def _apply_access_log(self, config: Config) -> None:
         enabled = config.logging.access_log.enabled
-        self.reader.set_consumer("access_log", self.access_log.write if enabled else None)
+        self.reader.read_every(self.access_log.write if enabled else None)
 
     def published(self) -> dict[str, Any]:
         shared = self.alerts.published()

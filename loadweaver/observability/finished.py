@@ -1,11 +1,14 @@
 """Finished requests read in batches, off each request's own path.
 
-The recorder queues every finished request while a reader wants them (traffic patterns, the
-access log). A reader task takes the queue a few times a second and hands it over in chunks,
-yielding to the event loop between chunks so formatting thousands of lines never stalls I/O.
+The recorder queues requests only while someone reads them: every request for the access log,
+and for traffic patterns every k-th one, k chosen from the last second's rate so that about
+SAMPLES_PER_SECOND are looked at whatever the load (each counts k times). A reader task takes
+the queues ten times a second and hands them over in chunks, yielding to the event loop between
+chunks so that formatting thousands of lines never stalls I/O.
 """
 
 import asyncio
+import math
 from collections.abc import Callable, Sequence
 
 from loguru import logger
@@ -13,28 +16,36 @@ from loguru import logger
 from loadweaver.observability.recorder import Finished, RequestRecorder
 
 Consumer = Callable[[Sequence[Finished]], None]
+WeightedConsumer = Callable[[Sequence[Finished], int], None]  # entries, and what each counts for
 READ_INTERVAL = 0.1
 CHUNK = 256  # requests handed over between two yields to the event loop
 MAX_PENDING = 200_000  # beyond this many unread requests, the oldest are counted and dropped
+SAMPLES_PER_SECOND = 1000
 
 
 class FinishedReader:
-    def __init__(self, recorder: RequestRecorder, on_dropped: Callable[[int], None]) -> None:
+    def __init__(
+        self,
+        recorder: RequestRecorder,
+        on_dropped: Callable[[int], None],
+        clock: Callable[[], float],
+    ) -> None:
         self._recorder = recorder
         self._on_dropped = on_dropped
-        self._consumers: dict[str, Consumer] = {}
+        self._clock = clock
+        self._every: Consumer | None = None
+        self._sampled: WeightedConsumer | None = None
+        self._rate_mark = (clock(), recorder.responses)
 
-    def set_consumer(self, name: str, consumer: Consumer | None) -> None:
-        """Adds, replaces or (with None) removes a reader; the queue runs only while one reads."""
-        if consumer is None:
-            self._consumers.pop(name, None)
-        else:
-            self._consumers[name] = consumer
-        recorder = self._recorder
-        if self._consumers and recorder.finished is None:
-            recorder.finished = []
-        elif not self._consumers:
-            recorder.finished = None
+    def read_every(self, consumer: Consumer | None) -> None:
+        """Hands every finished request to `consumer` (None: nobody, and none are queued)."""
+        self._every = consumer
+        self._recorder.logged = [] if consumer is not None else None
+
+    def read_sampled(self, consumer: WeightedConsumer | None) -> None:
+        """Hands a sample of finished requests to `consumer`, each with its weight."""
+        self._sampled = consumer
+        self._recorder.sampled = [] if consumer is not None else None
 
     async def run(self) -> None:
         while True:
@@ -45,22 +56,42 @@ class FinishedReader:
                 logger.exception("reading finished requests failed")
 
     async def read(self) -> None:
-        batch = self._recorder.drain()
-        if len(batch) > MAX_PENDING:
-            self._on_dropped(len(batch) - MAX_PENDING)
-            batch = batch[-MAX_PENDING:]
+        sampled, weight = self._recorder.drain_sampled(self._next_step())
+        if self._sampled is not None and sampled:
+            self._sampled(sampled, weight)
+        batch = self._bounded(self._recorder.drain_logged())
+        every = self._every
         for start in range(0, len(batch), CHUNK):
-            chunk = batch[start : start + CHUNK]
-            for consumer in list(self._consumers.values()):
-                consumer(chunk)
+            if every is not None:
+                every(batch[start : start + CHUNK])
             if start + CHUNK < len(batch):
                 await asyncio.sleep(0)
 
+    def _next_step(self) -> int:
+        """Every how many requests one is sampled, from the rate since the last second."""
+        recorder = self._recorder
+        then, responses = self._rate_mark
+        now = self._clock()
+        if now - then < 1.0:
+            return recorder.sample_step
+        self._rate_mark = (now, recorder.responses)
+        rate = (recorder.responses - responses) / (now - then)
+        return max(1, math.ceil(rate / SAMPLES_PER_SECOND))
+
+    def _bounded(self, batch: list[Finished]) -> list[Finished]:
+        if len(batch) <= MAX_PENDING:
+            return batch
+        self._on_dropped(len(batch) - MAX_PENDING)
+        return batch[-MAX_PENDING:]
+
     def flush(self) -> None:
         """Hands over whatever is queued now, in one go (at shutdown)."""
-        batch = self._recorder.drain()
-        for consumer in list(self._consumers.values()):
-            try:
-                consumer(batch)
-            except Exception:
-                logger.exception("reading finished requests failed")
+        try:
+            sampled, weight = self._recorder.drain_sampled(self._recorder.sample_step)
+            if self._sampled is not None and sampled:
+                self._sampled(sampled, weight)
+            logged = self._recorder.drain_logged()
+            if self._every is not None and logged:
+                self._every(logged)
+        except Exception:
+            logger.exception("reading finished requests failed")

@@ -19,14 +19,26 @@ Finished = tuple["ClientConnection", "Exchange | None", int, float, str, int]
 
 
 class RequestRecorder:
-    __slots__ = ("by_class", "finished", "received", "rows", "tally")
+    __slots__ = (
+        "_countdown",
+        "by_class",
+        "logged",
+        "received",
+        "rows",
+        "sample_step",
+        "sampled",
+        "tally",
+    )
 
     def __init__(self, tally: RequestTally) -> None:
         self.tally = tally
         self.received = 0  # request heads parsed
         self.by_class = [0] * STATUS_CLASSES  # responses by status // 100
         self.rows: dict[RowKey, TallyRow] | None = tally.rows  # None: metrics off
-        self.finished: list[Finished] | None = None  # set while a batch reader wants requests
+        self.logged: list[Finished] | None = None  # every request, while the access log is on
+        self.sampled: list[Finished] | None = None  # every `sample_step`-th, for traffic patterns
+        self.sample_step = 1
+        self._countdown = 1
 
     def record(  # noqa: PLR0917 - one positional call per request, on the hot path
         self,
@@ -55,17 +67,37 @@ class RequestRecorder:
                 if exchange.started:
                     row.durations.append(now - exchange.started)
             row.counts[status_class] += 1
-        finished = self.finished
-        if finished is not None:
-            finished.append((client, exchange, status, now, reason, sent))
+        logged = self.logged
+        if logged is not None:
+            logged.append((client, exchange, status, now, reason, sent))
+        sampled = self.sampled
+        if sampled is not None:
+            self._countdown -= 1
+            if self._countdown <= 0:
+                self._countdown = self.sample_step
+                sampled.append((client, exchange, status, now, reason, sent))
 
     def set_metrics(self, enabled: bool) -> None:
         self.rows = self.tally.rows if enabled else None
 
-    def drain(self) -> list[Finished]:
-        """The requests finished since the last call."""
-        finished = self.finished
-        if not finished:
+    def drain_logged(self) -> list[Finished]:
+        """Every request finished since the last call (while the access log is on)."""
+        logged = self.logged
+        if not logged:
             return []
-        self.finished = []
-        return finished
+        self.logged = []
+        return logged
+
+    def drain_sampled(self, next_step: int) -> tuple[list[Finished], int]:
+        """The sampled requests since the last call and the step they were taken at; from now
+        on every `next_step`-th request is taken."""
+        sampled, step = self.sampled, self.sample_step
+        self.sample_step = max(1, next_step)
+        if not sampled:
+            return [], step
+        self.sampled = []
+        return sampled, step
+
+    @property
+    def responses(self) -> int:
+        return sum(self.by_class)

@@ -1,11 +1,10 @@
 """Traffic patterns: the top clients, paths, user agents and status codes over a sliding window.
 
 Each dimension is a bounded heavy-hitter summary per time slot (topk.py). Finished requests
-arrive in chunks from the reader; under heavy load only every k-th request is looked at and
+arrive in batches from the reader; under load only every k-th request is queued for them and
 counted k times, so the work per second stays bounded while the shares stay right.
 """
 
-import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -21,7 +20,6 @@ from loadweaver.observability.request_fields import (
 from loadweaver.observability.topk import HeavyHitters, SlidingTopK
 
 DIMENSIONS = ("clients", "paths", "user_agents", "status_codes")
-LOOKED_AT_PER_SECOND = 10_000  # past this rate, requests are sampled
 PUBLISHED_TOP = 20  # entries per dimension a node shares with the cluster
 
 
@@ -33,37 +31,24 @@ class TrafficPatterns:
             dimension: SlidingTopK(settings.window, settings.slots, settings.capacity, clock)
             for dimension in DIMENSIONS
         }
-        self._second = -1
-        self._offered_this_second = 0
-        self._step = 1  # look at every k-th request; k follows the last second's rate
-        self._skip = 0
+        self._step = 1  # the latest batch's sampling step
 
-    def add(self, batch: Sequence[Finished]) -> None:
-        self._adapt_step(len(batch))
-        step = self._step
-        picked = batch[self._skip :: step]
-        self._skip = (self._skip - len(batch)) % step
+    def add(self, batch: Sequence[Finished], weight: int = 1) -> None:
+        """Requests sampled every `weight`-th: each counts `weight` times."""
+        self._step = weight
         keys: dict[str, Counter[str]] = {dimension: Counter() for dimension in DIMENSIONS}
-        for client, exchange, status, *_ in picked:
-            keys["clients"][client_address(client, exchange)] += step
-            keys["status_codes"][str(status)] += step
+        for client, exchange, status, *_ in batch:
+            keys["clients"][client_address(client, exchange)] += weight
+            keys["status_codes"][str(status)] += weight
             if exchange is None:
-                keys["paths"]["-"] += step
-                keys["user_agents"]["-"] += step
+                keys["paths"]["-"] += weight
+                keys["user_agents"]["-"] += weight
                 continue
-            keys["paths"][clip(path_and_query(exchange)[0])] += step
-            keys["user_agents"][clip(header_value(exchange, b"user-agent") or "-")] += step
+            keys["paths"][clip(path_and_query(exchange)[0])] += weight
+            keys["user_agents"][clip(header_value(exchange, b"user-agent") or "-")] += weight
         for dimension, counts in keys.items():
             if counts:
                 self._windows[dimension].add_counts(counts)
-
-    def _adapt_step(self, offered: int) -> None:
-        second = int(self._clock())
-        if second != self._second:
-            rate = self._offered_this_second / max(1, second - self._second)
-            self._step = max(1, math.ceil(rate / LOOKED_AT_PER_SECOND))
-            self._second, self._offered_this_second = second, 0
-        self._offered_this_second += offered
 
     @property
     def step(self) -> int:

@@ -1,16 +1,16 @@
 """Traffic patterns fed with finished requests: counting, sampling under load, cluster merges."""
 
+from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import Any, cast
 
+import pytest
+
 from loadweaver.config.observability import TrafficPatternsConfig
-from loadweaver.observability.recorder import Finished
-from loadweaver.observability.traffic import (
-    LOOKED_AT_PER_SECOND,
-    TrafficPatterns,
-    merge_records,
-    view,
-)
+from loadweaver.observability.finished import SAMPLES_PER_SECOND, FinishedReader
+from loadweaver.observability.recorder import Finished, RequestRecorder
+from loadweaver.observability.request_tally import RequestTally
+from loadweaver.observability.traffic import TrafficPatterns, merge_records, view
 
 
 class Clock:
@@ -27,9 +27,8 @@ def finished(client_ip: str, path: bytes, status: int = 200) -> Finished:
     return cast(Finished, (client, exchange, status, 0.0, "", 0))
 
 
-def feed(patterns: TrafficPatterns, entries: list[Finished], chunk: int = 256) -> None:
-    for start in range(0, len(entries), chunk):
-        patterns.add(entries[start : start + chunk])
+def feed(patterns: TrafficPatterns, entries: list[Finished]) -> None:
+    patterns.add(entries)
 
 
 def test_every_request_is_counted_below_the_sampling_rate() -> None:
@@ -42,19 +41,33 @@ def test_every_request_is_counted_below_the_sampling_rate() -> None:
     assert [entry["key"] for entry in document["status_codes"]["top"]] == ["200", "503"]
 
 
-def test_under_load_every_kth_request_is_counted_k_times() -> None:
+async def test_under_load_every_kth_request_is_queued_and_counts_k_times() -> None:
     clock = Clock()
+    recorder = RequestRecorder(RequestTally([1.0]))
+    recorder.set_metrics(False)
+    reader = FinishedReader(recorder, lambda _: None, clock)
     patterns = TrafficPatterns(TrafficPatternsConfig(), clock)
-    heavy = 3 * LOOKED_AT_PER_SECOND
-    feed(patterns, [finished("10.0.0.1", b"/")] * heavy)  # one busy second...
+    batches: list[tuple[int, int]] = []
+
+    def read(batch: Sequence[Finished], weight: int) -> None:
+        batches.append((len(batch), weight))
+        patterns.add(batch, weight)
+
+    reader.read_sampled(read)
+    busy = 3 * SAMPLES_PER_SECOND
+    hot, cold = finished("10.0.0.1", b"/hot"), finished("10.0.0.2", b"/cold")
+    for entry in [hot] * busy:  # a busy second, all of it looked at...
+        recorder.record(*entry[:4])
     clock.now += 1.0
-    entries = [finished("10.0.0.1", b"/hot")] * (heavy * 3 // 4)
-    entries += [finished("10.0.0.2", b"/cold")] * (heavy // 4)
-    feed(patterns, entries)  # ...makes the next one sampled
-    assert patterns.step == 3
+    await reader.read()
+    for index in range(busy):  # ...sets the next one's step to 3
+        recorder.record(*(hot if index % 4 else cold)[:4])
+    await reader.read()
+    assert batches == [(busy, 1), (SAMPLES_PER_SECOND, 3)]
     clients = dict(patterns.summaries()["clients"].top(2))
-    assert abs(clients["10.0.0.1"] - (heavy + heavy * 3 // 4)) <= 3 * patterns.step
-    assert abs(clients["10.0.0.2"] - heavy // 4) <= 3 * patterns.step
+    assert clients["10.0.0.1"] == pytest.approx(busy + busy * 3 / 4, abs=6)
+    assert clients["10.0.0.2"] == pytest.approx(busy / 4, abs=6)
+    assert patterns.step == 3
 
 
 def test_records_from_nodes_merge_and_a_malformed_one_is_skipped() -> None:
