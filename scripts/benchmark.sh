@@ -19,7 +19,13 @@
 #   COOLDOWN=1          seconds of pause between wrk runs
 #   URL_PATH=/          path requested ("/" = small fixed body, "/1k" = 1 KiB static file)
 #   WRK_TIMEOUT=2s      wrk --timeout
-#   PROXIES="haproxy nginx loadweaver"   which proxies to run (order = table order)
+#   PROXIES="haproxy nginx loadweaver"   which proxies to run (order = table order); loadweaver
+#                       variants run side by side with it, each its own process:
+#                         loadweaver-bare       per-request observability off: metrics, request
+#                                               ids and traffic patterns
+#                         loadweaver-nometrics  only the per-request metrics off
+#                         loadweaver-accesslog  the defaults plus a JSON access log to a file
+#                       e.g. PROXIES="haproxy loadweaver loadweaver-bare loadweaver-accesslog"
 #   SKIP_LOADWEAVER=0   1 = leave loadweaver out (only HAProxy and nginx)
 #   LOADWEAVER=.venv/bin/loadweaver      loadweaver executable (relative to repo root)
 #   LW_START_TIMEOUT=15 seconds to wait for loadweaver to serve 2xx
@@ -86,7 +92,10 @@ done
 (( IDLE_CONNS <= 200000 )) || die "IDLE_CONNS must be <= 200000"
 [[ "$URL_PATH" == /* ]] || die "URL_PATH must start with '/'"
 for p in $PROXIES; do
-    case "$p" in haproxy|nginx|loadweaver) ;; *) die "unknown proxy '$p' in PROXIES";; esac
+    case "$p" in
+        haproxy|nginx|loadweaver|loadweaver-bare|loadweaver-nometrics|loadweaver-accesslog) ;;
+        *) die "unknown proxy '$p' in PROXIES (haproxy, nginx, loadweaver, loadweaver-bare, loadweaver-nometrics, loadweaver-accesslog)";;
+    esac
 done
 [[ -n "${PROXIES// /}" ]] || die "PROXIES is empty"
 
@@ -120,7 +129,7 @@ if (( ${#missing[@]} )); then
 fi
 
 LW_BIN=""
-if [[ " $PROXIES " == *" loadweaver "* ]]; then
+if [[ " $PROXIES " == *" loadweaver"* ]]; then
     if [[ -x "$LOADWEAVER" && ! -d "$LOADWEAVER" ]]; then
         LW_BIN="$(cd "$(dirname "$LOADWEAVER")" && pwd)/$(basename "$LOADWEAVER")"
     elif [[ "$LOADWEAVER" != */* ]] && command -v "$LOADWEAVER" >/dev/null 2>&1; then
@@ -282,12 +291,18 @@ describe_proc() {
 }
 
 # ------------------------------------------------------------------ ports
-read -r -a PORTS <<<"$("$PYTHON" "$BENCH_DIR/free_ports.py" 6)"
-(( ${#PORTS[@]} == 6 )) || die "could not allocate free loopback ports"
+read -r -a PROXY_LIST <<<"$PROXIES"
+PORT_COUNT=$(( 2 + 2 * ${#PROXY_LIST[@]} ))   # two backends; a listener and an admin port each
+read -r -a PORTS <<<"$("$PYTHON" "$BENCH_DIR/free_ports.py" "$PORT_COUNT")"
+(( ${#PORTS[@]} == PORT_COUNT )) || die "could not allocate free loopback ports"
 BACKEND_A="${PORTS[0]}"
 BACKEND_B="${PORTS[1]}"
-declare -A PORT=([haproxy]="${PORTS[2]}" [nginx]="${PORTS[3]}" [loadweaver]="${PORTS[4]}")
-LW_ADMIN_PORT="${PORTS[5]}"
+declare -A PORT=()
+declare -A ADMIN_PORT=()
+for (( i = 0; i < ${#PROXY_LIST[@]}; i++ )); do
+    PORT[${PROXY_LIST[i]}]="${PORTS[2 + 2 * i]}"
+    ADMIN_PORT[${PROXY_LIST[i]}]="${PORTS[3 + 2 * i]}"
+done
 declare -A PID=()
 declare -A LOGF=()
 
@@ -333,17 +348,32 @@ start_proxy() {
         LOGF[$name]="$dir/error.log"
         start_bg "$dir/stderr.log" "${PIN_PROXY[@]}" nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log"
         ;;
-    loadweaver)
+    loadweaver*)
         render "$BENCH_DIR/loadweaver.yaml.in" "$dir/loadweaver.yaml" \
-            "PORT=${PORT[loadweaver]}" "ADMIN_PORT=$LW_ADMIN_PORT" \
+            "PORT=${PORT[$name]}" "ADMIN_PORT=${ADMIN_PORT[$name]}" \
             "BACKEND_A=$BACKEND_A" "BACKEND_B=$BACKEND_B"
         LOGF[$name]="$dir/loadweaver.log"
-        start_bg "${LOGF[$name]}" "${PIN_PROXY[@]}" "$LW_BIN" node start --config "$dir/loadweaver.yaml"
+        local -a variant=()
+        read -r -a variant <<<"$(variant_settings "$name" "$dir")"
+        start_bg "${LOGF[$name]}" env "${variant[@]}" "${PIN_PROXY[@]}" \
+            "$LW_BIN" node start --config "$dir/loadweaver.yaml"
         timeout_s="$LW_START_TIMEOUT"
         ;;
     esac
     PID[$name]="$LAST_PID"
     wait_http "$name" "${PID[$name]}" "http://127.0.0.1:${PORT[$name]}$URL_PATH" "$timeout_s" "${LOGF[$name]}"
+}
+
+# variant_settings NAME DIR : the LOADWEAVER_* variables a loadweaver variant runs with
+variant_settings() {
+    local off="LOADWEAVER_METRICS__ENABLED=false LOADWEAVER_REQUEST_ID__ENABLED=false"
+    case "$1" in
+    loadweaver-bare) echo "$off LOADWEAVER_TRAFFIC_PATTERNS__ENABLED=false" ;;
+    loadweaver-nometrics) echo "LOADWEAVER_METRICS__ENABLED=false" ;;
+    loadweaver-accesslog)
+        echo "LOADWEAVER_LOGGING__ACCESS_LOG__ENABLED=true LOADWEAVER_LOGGING__ACCESS_LOG__PATH=$2/access.log" ;;
+    *) echo "LOADWEAVER_BENCH_VARIANT=default" ;;
+    esac
 }
 
 # sanity check: a few requests through the proxy, show which backends answered
@@ -385,7 +415,12 @@ if [[ -n "$LW_BIN" ]]; then
     else
         LW_VERSION="$LW_VERSION, uncommitted working tree"
     fi
-    LW_VERSION="$LW_VERSION; $(describe_proc "${PID[loadweaver]}" | sed 's/^pid [0-9]*: //')"
+    for name in "${PROXY_LIST[@]}"; do
+        if [[ "$name" == loadweaver* ]]; then
+            LW_VERSION="$LW_VERSION; $(describe_proc "${PID[$name]}" | sed 's/^pid [0-9]*: //')"
+            break
+        fi
+    done
 fi
 CPU_MODEL="$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo 2>/dev/null || true)"
 
@@ -475,7 +510,7 @@ mkdir -p "$(dirname "$OUT")"
 echo >&2
 echo "Results: wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s http://127.0.0.1:PORT$URL_PATH, $ROUNDS round(s); $PINNING"
 "$PYTHON" "$BENCH_DIR/report.py" --results "$RESULTS" --idle "$IDLE_RESULTS" \
-    --order "${PROXIES// /,}" --baseline haproxy --out "$OUT" \
+    --order "${PROXIES// /,}" --baseline haproxy --second-baseline loadweaver --out "$OUT" \
     --meta "date=$(date -u '+%Y-%m-%d %H:%M:%S UTC')" \
     --meta "host=$(uname -sr), $NCPU CPU(s)${CPU_MODEL:+, $CPU_MODEL}" \
     --meta "load=wrk $WRK_VERSION -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency, path $URL_PATH, $ROUNDS round(s) (order rotated), ${WARMUP}s warm-up" \

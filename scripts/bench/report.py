@@ -82,8 +82,10 @@ def _table(headers: list[str], rows: list[list[str]], right: set[int]) -> tuple[
 
 
 def throughput_table(
-    results: list[dict[str, Any]], order: list[str], baseline: str
+    results: list[dict[str, Any]], order: list[str], baseline: str, second: str | None = None
 ) -> tuple[str, str]:
+    """`second`: when variants of it ran (names starting with it), a column compares each
+    variant's req/s and p99 with it."""
     by_proxy: dict[str, list[dict[str, Any]]] = {}
     for r in results:
         by_proxy.setdefault(r["proxy"], []).append(r)
@@ -120,6 +122,10 @@ def throughput_table(
         "load CPU",
         "errors",
     ]
+    variants = [p for p in proxies if second and p.startswith(second) and p != second]
+    compare = bool(variants) and second in summary
+    if compare:
+        headers[6:6] = [f"req/s vs {second}", f"p99 vs {second}"]
     if multi:
         headers.insert(2, "req/s min-max")
     rows = []
@@ -136,6 +142,13 @@ def throughput_table(
             _pct(s["load_cpu"]),
             _errors_cell(s["errors"]),
         ]
+        if compare:
+            mine = second is not None and p.startswith(second)
+            reference = summary[second] if compare and second else {}
+            row[6:6] = [
+                _ratio(s["rps"], reference.get("rps")) if mine else "",
+                _ratio(s["p99"], reference.get("p99")) if mine else "",
+            ]
         if multi:
             row.insert(2, f"{s['rps_min']:,.0f}-{s['rps_max']:,.0f}")
         rows.append(row)
@@ -190,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         help="a line for the markdown header (repeatable, kept in order)",
     )
     ap.add_argument("--baseline", default="haproxy")
+    ap.add_argument("--second-baseline", default=None, help="compare its variants with it too")
     ap.add_argument("--order", default="haproxy,nginx,loadweaver")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
@@ -202,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         print("report.py: no wrk results to report", file=sys.stderr)
         return 1
 
-    text, md = throughput_table(results, order, args.baseline)
+    text, md = throughput_table(results, order, args.baseline, args.second_baseline)
     print(text)
     idle_text = idle_md = ""
     if idle:
