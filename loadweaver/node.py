@@ -7,11 +7,12 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from loguru import logger
+from prometheus_client import CollectorRegistry
 
 from loadweaver import __version__
 from loadweaver.admin.auth import AdminTokenError, check_exposure, resolve_token
@@ -57,11 +58,23 @@ from loadweaver.observability.live_stats import LiveStats
 from loadweaver.observability.logging import LoggingSetupError, configure_logging
 from loadweaver.observability.metrics import Metrics
 from loadweaver.observability.runtime_collector import RuntimeCollector
+from loadweaver.observability.worker_metrics import MergedRegistry, write_exposition
 from loadweaver.pool.manager import PoolManager
 from loadweaver.proxy.listener import ConnectionRegistry, Listener, ListenError, ProxyContext
 from loadweaver.proxy.tls import TlsConfigError
 
-__all__ = ["Node", "NodeStartError"]
+__all__ = ["Node", "NodeStartError", "WorkerSlot"]
+
+
+METRICS_SHARE_INTERVAL = 1.0  # how stale another worker's numbers in /metrics may be
+
+
+@dataclass(frozen=True)
+class WorkerSlot:
+    """One of `--workers N`: its index, and where the workers share their metrics."""
+
+    index: int
+    directory: Path
 
 
 async def _cancel_all(tasks: list[asyncio.Task[None]], patience: float = 2.0) -> None:
@@ -97,6 +110,7 @@ class Node:
         serve_admin: bool = True,
         sources: dict[str, str] | None = None,
         store: ClusterStore | None = None,
+        worker: WorkerSlot | None = None,
     ) -> None:
         """`config` is what the file (and environment) say; the cluster's config is layered in."""
         self.file_config = config
@@ -105,6 +119,7 @@ class Node:
         self.config_path = config_path
         self.reuse_port = reuse_port
         self.serve_admin = serve_admin and config.admin.enabled
+        self.worker = worker
         self.metrics = Metrics(config.node.id, config.cluster.name)
         self.metrics.configure(config.metrics)
         self.store: ClusterStore = store or build_store(config, self.metrics)
@@ -182,7 +197,7 @@ class Node:
             loop,
             time.time,
         )
-        self.admin = AdminServer(parse_bind(self.config.admin.bind), self.metrics.registry, self)
+        self.admin = AdminServer(parse_bind(self.config.admin.bind), self._exposed_registry(), self)
         try:
             self._tasks += self._start_observing()
             for spec in self.holder.current.listeners.values():
@@ -196,6 +211,8 @@ class Node:
             raise
         self.connections.start()
         self._tasks.append(loop.create_task(refresh_ramping_pools(self.holder, loop.time)))
+        if self.worker is not None and not self.serve_admin:
+            self._tasks.append(loop.create_task(self._share_metrics(self.worker)))
         self._tasks.append(loop.create_task(self.stats.run()))
         self._tasks.append(loop.create_task(self.health_checks.run()))
         self._start_cluster_tasks()
@@ -211,6 +228,21 @@ class Node:
             return self.observing.start()
         except AccessLogError as error:
             raise NodeStartError(str(error)) from None
+
+    def _exposed_registry(self) -> CollectorRegistry:
+        """What /metrics serves: with --workers, every worker's numbers."""
+        if self.worker is None:
+            return self.metrics.registry
+        return MergedRegistry(self.metrics.registry, self.worker.directory, self.worker.index)
+
+    async def _share_metrics(self, worker: WorkerSlot) -> None:
+        """A worker without the admin listener hands its numbers to the one with it."""
+        while True:
+            try:
+                write_exposition(self.metrics.registry, worker.directory, worker.index)
+            except OSError as error:
+                logger.warning("cannot share this worker's metrics: {}", error)
+            await asyncio.sleep(METRICS_SHARE_INTERVAL)
 
     def _session_table_factory(
         self, loop: asyncio.AbstractEventLoop

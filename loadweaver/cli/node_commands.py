@@ -1,6 +1,7 @@
 """`loadweaver node start`: one node in the foreground, or several worker processes."""
 
 import sys
+import tempfile
 from pathlib import Path
 
 import uvloop
@@ -9,7 +10,7 @@ from loguru import logger
 from loadweaver.config.loader import ConfigError, LoadedConfig, build_config, load_config_layers
 from loadweaver.config.loader import load_default_config as default_config
 from loadweaver.config.sources import value_sources
-from loadweaver.node import Node, NodeStartError
+from loadweaver.node import Node, NodeStartError, WorkerSlot
 from loadweaver.observability.logging import LoggingSetupError, configure_logging
 from loadweaver.proxy.listener import ListenError
 from loadweaver.workers import run_workers
@@ -38,12 +39,18 @@ def start(path: Path | None, redis_url: str | None, workers: int) -> int:
             "the admin API; set node.state_dir so every worker follows them",
             workers,
         )
-    return run_workers(
-        workers,
-        lambda index: _serve(
-            _as_worker(loaded, index), path, reuse_port=True, serve_admin=index == 0
-        ),
-    )
+    # Workers share their metrics through files here; the first serves them all at /metrics.
+    with tempfile.TemporaryDirectory(prefix="loadweaver-metrics-") as directory:
+        return run_workers(
+            workers,
+            lambda index: _serve(
+                _as_worker(loaded, index),
+                path,
+                reuse_port=True,
+                serve_admin=index == 0,
+                worker=WorkerSlot(index, Path(directory)),
+            ),
+        )
 
 
 def _as_worker(loaded: LoadedConfig, index: int) -> LoadedConfig:
@@ -68,9 +75,20 @@ def _load(path: Path | None, redis_url: str | None) -> LoadedConfig:
     return LoadedConfig(build_config(data, "--redis"), dict(sorted(sources.items())))
 
 
-def _serve(loaded: LoadedConfig, path: Path | None, reuse_port: bool, serve_admin: bool) -> int:
+def _serve(
+    loaded: LoadedConfig,
+    path: Path | None,
+    reuse_port: bool,
+    serve_admin: bool,
+    worker: WorkerSlot | None = None,
+) -> int:
     node = Node(
-        loaded.config, path, reuse_port=reuse_port, serve_admin=serve_admin, sources=loaded.sources
+        loaded.config,
+        path,
+        reuse_port=reuse_port,
+        serve_admin=serve_admin,
+        sources=loaded.sources,
+        worker=worker,
     )
     try:
         uvloop.run(node.run())

@@ -5,14 +5,17 @@ once from `GET /metrics` to check the exposition a scraper sees.
 """
 
 import asyncio
+from pathlib import Path
 
 import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 
 from loadweaver.node import Node
 from tests.conftest import StartBackend, StartProxy
 from tests.support.backend import ReceivedRequest, response
 from tests.support.client import RawClient, get
-from tests.support.nodes import admin_port
+from tests.support.cluster import wait_until
+from tests.support.nodes import NodeProcess, admin_port, listener_port, node_config
 from tests.support.polling import eventually
 from tests.support.ports import closed_port
 from tests.support.upstream import metric
@@ -184,3 +187,32 @@ async def test_the_exposition_carries_node_and_build_info(proxy_factory: StartPr
     assert "process_resident_memory_bytes" in text
     for family in ("loadweaver_cluster_leader", "loadweaver_cluster_store_up"):
         assert f"\n{family} 1.0" in text
+
+
+async def test_with_workers_one_scrape_has_every_workers_numbers(
+    backend_factory: StartBackend, tmp_path: Path
+) -> None:
+    backend = await backend_factory()
+    config = node_config([backend.url])
+    node = NodeProcess(config, tmp_path, "--workers", "2")
+    try:
+        await node.wait_ready()
+        for _ in range(REQUESTS):  # fresh connections: SO_REUSEPORT spreads them over both
+            await requests_on_one_connection(listener_port(config), ["/"])
+        url = f"http://127.0.0.1:{admin_port(config)}/metrics"
+
+        async def counted() -> dict[str, float] | None:
+            async with aiohttp.ClientSession() as session, session.get(url) as answer:
+                text = await answer.text()
+            by_worker = {
+                sample.labels["worker"]: sample.value
+                for family in text_string_to_metric_families(text)
+                for sample in family.samples
+                if sample.name == "loadweaver_requests_total"
+            }
+            return by_worker if sum(by_worker.values()) == REQUESTS else None
+
+        by_worker = await wait_until(counted, 5.0, "the workers' requests did not add up")
+        assert set(by_worker) == {"0", "1"}, by_worker
+    finally:
+        node.kill()
