@@ -14,8 +14,8 @@ from loadweaver.observability.recorder import Finished
 from loadweaver.observability.request_fields import (
     client_address,
     clip,
-    header_value,
     path_and_query,
+    request_header,
 )
 from loadweaver.observability.topk import HeavyHitters, SlidingTopK
 
@@ -45,7 +45,8 @@ class TrafficPatterns:
                 keys["user_agents"]["-"] += weight
                 continue
             keys["paths"][clip(path_and_query(exchange)[0])] += weight
-            keys["user_agents"][clip(header_value(exchange, b"user-agent") or "-")] += weight
+            agent = request_header(exchange.headers, b"user-agent")
+            keys["user_agents"][clip(agent.decode("latin-1")) if agent else "-"] += weight
         for dimension, counts in keys.items():
             if counts:
                 self._windows[dimension].add_counts(counts)

@@ -680,6 +680,7 @@ class Exchange:
             )
             connection.pool.release(connection, reusable)
         self.parser = None
+        self.replay = None  # the request's bytes: an access log may keep the exchange a while
         client = self.client
         client.recorder.record(client, self, self.status, self.ended or client.loop.time())
         client.exchange_done(self, self.keep_client and self.request_complete)

@@ -211,7 +211,7 @@ async def test_status_page_shows_traffic_patterns_and_firing_alerts(
             "document.querySelector('[data-dimension=\"paths\"] td.key')?.textContent === '/'",
             message="the traffic section did not show the path being requested",
         )
-    status_codes = "[data-dimension=\"status_codes\"] td.key"
+    status_codes = '[data-dimension="status_codes"] td.key'
     assert await browser.evaluate(f"document.querySelector('{status_codes}').textContent") == (
         "200"
     )
