@@ -3,6 +3,7 @@
 import copy
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 REDACTED = "<redacted secret>"  # long enough to pass the secret's own length check
 
@@ -12,13 +13,28 @@ class RedactionError(ValueError):
 
 
 def redact_config(data: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of config data (full or dynamic part) with every sticky secret replaced."""
+    """A copy of config data (full or dynamic part) with every secret replaced: sticky secrets,
+    alert webhooks' header values (Authorization, say) and passwords in their URLs."""
     redacted = copy.deepcopy(dict(data))
     for pool in (redacted.get("pools") or {}).values():
         sticky = pool.get("sticky") if isinstance(pool, dict) else None
         if isinstance(sticky, dict) and sticky.get("secret"):
             sticky["secret"] = REDACTED
+    alerts = redacted.get("alerts")
+    for hook in (alerts.get("webhooks") or []) if isinstance(alerts, dict) else []:
+        if isinstance(hook, dict):
+            hook["headers"] = dict.fromkeys(hook.get("headers") or {}, REDACTED)
+            hook["url"] = _without_password(str(hook.get("url", "")))
     return redacted
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{user}:{REDACTED}@{host}"))
 
 
 def restore_secrets(pools: Mapping[str, Any], current_pools: Mapping[str, Any]) -> dict[str, Any]:

@@ -1003,6 +1003,16 @@ def test_redaction_replaces_every_sticky_secret_and_nothing_else() -> None:
     assert data["pools"]["app"]["sticky"]["secret"] == SECRET, "the input must not change"
 
 
+def test_redaction_hides_webhook_headers_and_url_passwords() -> None:
+    hook = {"name": "ops", "url": "https://bot:hunter2@alerts.test/hook", "headers": {"X-Key": "k"}}
+    data = {"alerts": {"webhooks": [hook, {"name": "plain", "url": "http://a.test/"}]}}
+    hooks = redact_config(data)["alerts"]["webhooks"]
+    assert hooks[0]["headers"] == {"X-Key": REDACTED}
+    assert hooks[0]["url"] == f"https://bot:{REDACTED}@alerts.test/hook"
+    assert hooks[1]["url"] == "http://a.test/"
+    assert "hunter2" not in repr(hooks)
+
+
 @pytest.mark.parametrize(
     "data",
     [{}, {"pools": None}, {"pools": {}}, {"pools": sticky_pools(secret=None)}],
