@@ -39,7 +39,9 @@ class Observing:
         self._store = store
         self._loop = loop
         self.reader = FinishedReader(metrics.recorder, metrics.access_log_dropped.inc, loop.time)
-        self.access_log = AccessLog(config.logging.access_log, config.node.id, loop.time)
+        self.access_log = AccessLog(
+            config.logging.access_log, config.node.id, loop.time, metrics.access_log_dropped.inc
+        )
         self.traffic: TrafficPatterns | None = None
         observer = NodeObserver(metrics, holder, listeners, lambda: store.up, wall_clock)
         notifier = Notifier(metrics.alert_notifications, f"http://{config.admin.bind}")

@@ -20,7 +20,6 @@ from loadweaver.observability.request_fields import (
 )
 
 if TYPE_CHECKING:
-    from loadweaver.proxy.client import ClientConnection
     from loadweaver.proxy.exchange import Exchange
 
 HTTP_VERSION_AND_CRLF = 11  # " HTTP/1.1\r\n" after the method and target
@@ -46,40 +45,70 @@ class LineFormat:
         raise NotImplementedError
 
 
+JSON_LINE = (
+    '{"ts":"%s.%06dZ","node":%s,"listener":"%s","client":%s,"method":"%s","host":%s,"path":%s,'
+    '%s"status":%d,"bytes_in":%d,"bytes_out":%d,"duration_ms":%s,"upstream_connect_ms":%s,'
+    '"upstream_response_ms":%s,"route":%s,"pool":%s,"backend":%s,"retries":%d,'
+    '"request_id":%s,"user_agent":%s,"error":%s,"tls":%s}'
+)
+JSON_UNPARSED = (
+    '{"ts":"%s.%06dZ","node":%s,"listener":"%s","client":%s,"method":null,"host":null,'
+    '"path":null,"status":%d,"bytes_in":0,"bytes_out":%d,"error":"%s"}'
+)
+
+
 class JsonLines(LineFormat):
     def line(self, entry: Finished, offset: float) -> str:
+        # One template and no helper calls: at tens of thousands of lines a second, each
+        # function call saved is a visible share of the line's cost.
         client, exchange, status, ended, reason, sent = entry
         wall = ended + offset
-        stamp = f"{self._stamp(wall, '%Y-%m-%dT%H:%M:%S')}.{int(wall % 1 * 1_000_000):06d}Z"
-        head = (
-            f'{{"ts":"{stamp}","node":{self._node},"listener":"{client.listener.name}",'
-            f'"client":{_address(client, exchange)},'
+        second = self._stamp(wall, "%Y-%m-%dT%H:%M:%S")
+        micros = int(wall % 1 * 1_000_000)
+        client_ip = (
+            json_string(client_address(client, exchange))
+            if client.trusted
+            else f'"{client.client_ip}"'
         )
+        listener = client.listener.name
         if exchange is None:
-            return (
-                f'{head}"method":null,"host":null,"path":null,"status":{status},'
-                f'"bytes_in":0,"bytes_out":{sent},"error":"{reason}"}}'
-            )
-        route, served_by = exchange.route, exchange.served_by
+            values = (second, micros, self._node, listener, client_ip, status, sent, reason)
+            return JSON_UNPARSED % values
+        route, served_by, headers = exchange.route, exchange.served_by, exchange.headers
         started, connected, answered = exchange.started, exchange.connected_at, exchange.response_at
-        path, query = _target(exchange)
-        agent = request_header(exchange.headers, b"user-agent")
-        return (
-            f'{head}"method":"{exchange.method.decode("latin-1")}",'
-            f'"host":{_text(exchange.host)},"path":{_text(path)},'
-            + (f'"query":{_text(query)},' if self._include_query else "")
-            + f'"status":{status},"bytes_in":{_bytes_in(exchange)},'
-            f'"bytes_out":{sent or exchange.bytes_out},'
-            f'"duration_ms":{_ms(ended - started) if started else "null"},'
-            f'"upstream_connect_ms":{_ms(connected - started) if connected else "null"},'
-            f'"upstream_response_ms":{_ms(answered - connected) if answered else "null"},'
-            f'"route":{_name(route.name if route else None)},'
-            f'"pool":{_name(route.pool if route else None)},'
-            f'"backend":{_name(served_by.name if served_by else None)},'
-            f'"retries":{exchange.tries + exchange.retried},'
-            f'"request_id":{_text(exchange.request_id or None)},'
-            f'"user_agent":{_text(agent)},"error":{_name(reason or None)},'
-            f'"tls":{_name(tls_version(client) if client.tls else None)}}}'
+        target = exchange.target
+        if target[:1] == b"/":
+            path, _, query = target.partition(b"?")
+        else:
+            path, query = _target(exchange)
+        host, request_id = exchange.host, exchange.request_id
+        agent = request_header(headers, b"user-agent")
+        fields = headers + exchange.special
+        head = sum(map(len, map(b"".join, fields))) + 4 * len(fields) + len(target)
+        return JSON_LINE % (
+            second,
+            micros,
+            self._node,
+            listener,
+            client_ip,
+            exchange.method.decode("latin-1"),
+            json_string(host[:MAX_FIELD].decode("latin-1")) if host is not None else "null",
+            json_string(path[:MAX_FIELD].decode("latin-1")),
+            f'"query":{json_string(query.decode("latin-1"))},' if self._include_query else "",
+            status,
+            head + len(exchange.method) + HTTP_VERSION_AND_CRLF + 3 + exchange.body_received,
+            sent or exchange.bytes_out,
+            "%.3f" % ((ended - started) * 1000) if started else "null",
+            "%.3f" % ((connected - started) * 1000) if connected else "null",
+            "%.3f" % ((answered - connected) * 1000) if answered else "null",
+            f'"{route.name}"' if route is not None else "null",
+            f'"{route.pool}"' if route is not None else "null",
+            f'"{served_by.name}"' if served_by is not None else "null",
+            exchange.tries + exchange.retried,
+            json_string(request_id.decode("latin-1")) if request_id else "null",
+            json_string(agent[:MAX_FIELD].decode("latin-1")) if agent is not None else "null",
+            f'"{reason}"' if reason else "null",
+            f'"{tls_version(client)}"' if client.tls else "null",
         )
 
 
@@ -106,13 +135,6 @@ class CombinedLines(LineFormat):
         )
 
 
-def _address(client: "ClientConnection", exchange: "Exchange | None") -> str:
-    """The client as JSON: an address the node saw needs no escaping; a forwarded one may."""
-    if not client.trusted:
-        return f'"{client.client_ip}"'
-    return json_string(client_address(client, exchange))
-
-
 def _target(exchange: "Exchange") -> tuple[bytes, bytes]:
     target = exchange.target
     if target.startswith(b"/"):
@@ -120,31 +142,6 @@ def _target(exchange: "Exchange") -> tuple[bytes, bytes]:
         return path, query
     path_text, query_text = path_and_query(exchange)
     return path_text.encode("latin-1"), query_text.encode("latin-1")
-
-
-def _bytes_in(exchange: "Exchange") -> int:
-    """The request as it arrived: its line, headers (name, ": ", value, CRLF), CRLF, body."""
-    fields = exchange.headers + exchange.special
-    head = sum(map(len, map(b"".join, fields))) + 4 * len(fields)
-    line = len(exchange.method) + 1 + len(exchange.target) + HTTP_VERSION_AND_CRLF
-    return line + head + 2 + exchange.body_received
-
-
-def _text(value: bytes | str | None) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bytes):
-        value = value[:MAX_FIELD].decode("latin-1")
-    return json_string(value[:MAX_FIELD])
-
-
-def _name(value: str | None) -> str:
-    """A name from the config, or a fixed vocabulary word: nothing to escape."""
-    return "null" if value is None else f'"{value}"'
-
-
-def _ms(seconds: float) -> str:
-    return f"{max(seconds, 0.0) * 1000:.3f}"
 
 
 def _quoted(value: bytes) -> str:

@@ -1,8 +1,9 @@
 """The access log: one line per request, JSON or Common Log Format, written off the event loop.
 
-Lines are formatted in chunks by the finished-request reader and handed to loguru as one message
-per chunk. With a `path`, a sink of its own (enqueue=True) writes them from a background thread
-and rotates the file; without one, each line goes through the ordinary log sinks.
+Lines are formatted in chunks by the finished-request reader. With a `path`, each chunk is one
+message to a loguru file sink of the access log's own, handed over by a background thread
+(log_writer.py), which also does the writing and rotating; without a `path`, each line goes
+through the ordinary log sinks.
 """
 
 import contextlib
@@ -14,6 +15,7 @@ from loguru import logger
 
 from loadweaver.config.models import AccessLogConfig
 from loadweaver.observability.access_format import CombinedLines, JsonLines, LineFormat
+from loadweaver.observability.log_writer import BackgroundWriter
 from loadweaver.observability.logging import ACCESS_FILE_MARKER, retention_of, rotation_of
 from loadweaver.observability.recorder import Finished
 
@@ -28,12 +30,15 @@ class AccessLog:
         settings: AccessLogConfig,
         node_id: str,
         loop_clock: Callable[[], float],
+        on_dropped: Callable[[int], None] = lambda _: None,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._node_id = node_id
         self._loop_clock = loop_clock
         self._wall_clock = wall_clock
         self._sink_id: int | None = None
+        self._writer: BackgroundWriter | None = None
+        self._on_dropped = on_dropped
         self._random = random.Random()
         self._format: LineFormat = JsonLines(node_id, False)
         self.settings = settings
@@ -59,7 +64,6 @@ class AccessLog:
                 settings.path,
                 format="{message}",
                 filter=lambda record: record["extra"].get(ACCESS_FILE_MARKER) is True,
-                enqueue=True,  # a background thread writes and rotates: the loop never waits
                 rotation=rotation_of(settings),
                 retention=retention_of(settings),
                 encoding="utf-8",
@@ -69,9 +73,14 @@ class AccessLog:
             raise AccessLogError(
                 f"logging.access_log.path: cannot open {settings.path}: {error}"
             ) from None
+        emit = logger.bind(**{ACCESS_FILE_MARKER: True}).info
+        self._writer = BackgroundWriter(emit, self._on_dropped)
 
     def close(self) -> None:
-        """Removes the file sink; loguru writes what is queued before its thread ends."""
+        """Writes what is queued, then removes the file sink."""
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            writer.close()
         if self._sink_id is not None:
             sink, self._sink_id = self._sink_id, None
             with contextlib.suppress(ValueError):  # already gone: logging was reconfigured
@@ -87,8 +96,8 @@ class AccessLog:
             lines = [line(entry, offset) for entry in batch if self._sampled(entry)]
         if not lines:
             return
-        if self._sink_id is not None:
-            logger.bind(**{ACCESS_FILE_MARKER: True}).info("\n".join(lines))
+        if self._writer is not None:
+            self._writer.put("\n".join(lines), len(lines))
         else:
             for text in lines:
                 logger.info(text)
