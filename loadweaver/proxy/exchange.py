@@ -604,7 +604,7 @@ class Exchange:
         connection: list[bytes] = []
         upgrade: list[bytes] = []
         policy = self.id_policy
-        request_id = self.request_id
+        backends_id: bytes | None = None
         for name, value in self.response_special:
             if name == b"content-length":
                 has_length = True
@@ -615,22 +615,26 @@ class Exchange:
             elif name == b"transfer-encoding":
                 chunked = True
             elif policy is not None and name == policy.lowered:
-                request_id = value  # the backend's own id wins: it may have made a better one
+                backends_id = value
         if connection and names_extra_headers(connection):
             dropped = connection_tokens(connection)
             headers = [(name, value) for name, value in headers if name.lower() not in dropped]
         block = render_headers(headers)
         head = status_line(status)
+        extra = b""
+        if policy is not None:
+            if backends_id is not None:  # the backend's own id passes, whatever `respond` says
+                extra = policy.line_start + backends_id + b"\r\n"
+            elif policy.respond and self.request_id:
+                extra = policy.line_start + self.request_id + b"\r\n"
         if status == 101:
-            return b"%s%sConnection: Upgrade\r\nUpgrade: %s\r\n\r\n" % (
+            return b"%s%s%sConnection: Upgrade\r\nUpgrade: %s\r\n\r\n" % (
                 head,
                 block,
+                extra,
                 joined(upgrade),
             )
         keep_alive = self.keep_alive and not self.client.closing and not self.upgrade
-        extra = b""
-        if policy is not None and policy.respond and request_id:
-            extra = policy.line_start + request_id + b"\r\n"
         if self.method == b"HEAD" or status in NO_BODY_STATUSES:
             self.response_framing = NONE
         elif has_length and not chunked:

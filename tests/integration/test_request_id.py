@@ -101,3 +101,12 @@ async def test_turned_off_the_clients_header_passes_untouched(
     assert backend.requests[1].header("X-Request-ID") is None
     assert answer.header("X-Request-ID") is None
     assert second.header("X-Request-ID") is None
+
+
+async def test_without_echo_a_backends_own_id_still_reaches_the_client(
+    backend_factory: StartBackend, proxy_factory: StartProxy
+) -> None:
+    backend = await backend_factory(echo_own_id)
+    proxy = await proxy_factory([backend.url], request_id={"response": False})
+    answer = await fetch(proxy.port, "/")
+    assert answer.headers_named("X-Request-ID") == ["backend-made-1"]

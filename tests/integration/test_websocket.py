@@ -103,6 +103,7 @@ async def test_text_and_binary_messages_echo(
     ws_backend: WsBackend, proxy: Proxy, session: aiohttp.ClientSession
 ) -> None:
     async with session.ws_connect(f"{proxy.url}/ws", autoclose=False) as ws:
+        switched_with_id = ws._response.headers.get("X-Request-ID")
         assert (await receive(ws)).data == "welcome"
         for text in ("hello", "ünïcödé ✓", "x" * 70_000):
             await ws.send_str(text)
@@ -120,6 +121,8 @@ async def test_text_and_binary_messages_echo(
     assert "upgrade" in headers["Connection"].lower()
     assert "Sec-WebSocket-Key" in headers
     assert headers["X-Forwarded-For"] == "127.0.0.1"
+    assert switched_with_id is not None
+    assert switched_with_id == headers["X-Request-ID"]  # the 101 carries the request id too
 
 
 async def test_one_megabyte_binary_message(proxy: Proxy, session: aiohttp.ClientSession) -> None:
