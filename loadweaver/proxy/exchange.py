@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 REPLAY_LIMIT = 64 * 1024  # request bytes kept so a stale keep-alive failure can be replayed
 BUFFER_HIGH_WATER = 256 * 1024  # body bytes held while connecting before client reads pause
 NO_BODY_STATUSES = frozenset((204, 304))
+CLIENT_CLOSED = 499  # nginx's status for a client that left before its response
 
 # Response framing towards the client.
 NONE, LENGTH, CHUNKED, CLOSE = range(4)
@@ -705,6 +706,7 @@ class Exchange:
                 self._upstream_error("reset")
                 logger.warning("backend {} closed the connection mid-response", self.backend)
                 self._finish(failed=True, fault=True)
+                self._record_cut_short(self.status, "upstream_reset")
                 self.client.abort()
             return
         if (
@@ -855,6 +857,7 @@ class Exchange:
         self._finish(reply.status >= 500, fault)
         self._drop_upstream()
         if self.response_started:
+            self._record_cut_short(self.status, reply.reason)
             self.client.abort()  # the status line is gone: cutting the connection is the signal
             return
         client = self.client
@@ -893,6 +896,15 @@ class Exchange:
             return
         self._finish()
         self._drop_upstream()
+        if self.started:  # it was being served, not waiting behind another pipelined request
+            status = self.status if self.response_started else CLIENT_CLOSED
+            self._record_cut_short(status, "client_closed")
+
+    def _record_cut_short(self, status: int, reason: str) -> None:
+        """Counts a request that ended without a whole response, with the status the client
+        got the start of (or 499, nginx's "client closed request", when it got nothing)."""
+        client = self.client
+        client.recorder.record(client, self, status, self.ended or client.loop.time(), reason)
 
     def _drop_upstream(self) -> None:
         """Aborts the upstream connection mid-exchange: it cannot be reused."""

@@ -5,6 +5,8 @@ once from `GET /metrics` to check the exposition a scraper sees.
 """
 
 import asyncio
+import socket
+import struct
 from pathlib import Path
 
 import aiohttp
@@ -216,3 +218,50 @@ async def test_with_workers_one_scrape_has_every_workers_numbers(
         assert set(by_worker) == {"0", "1"}, by_worker
     finally:
         node.kill()
+
+
+async def slow_or_cut(request: ReceivedRequest, writer: asyncio.StreamWriter) -> bool:
+    """/slow answers after a while; /cut sends half a response and closes."""
+    if request.target == "/slow":
+        await asyncio.sleep(1.0)
+    if request.target == "/cut":
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part of it")
+        return False
+    writer.write(response(200, b"ok"))
+    return True
+
+
+def reset(client: RawClient) -> None:
+    """Closes with a reset, as a client that vanished does."""
+    sock = client.writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client.writer.transport.abort()
+
+
+async def test_requests_cut_short_are_counted_once(
+    backend_factory: StartBackend, proxy_factory: StartProxy
+) -> None:
+    backend = await backend_factory(slow_or_cut, name="b0")
+    proxy = await proxy_factory([backend.url], pool={"retries": {"attempts": 0}})
+    node = proxy.node
+    labels = {"route": "default", "backend": "b0"}
+
+    client = await RawClient.connect(proxy.port)
+    await client.send(get("/slow"))
+    await eventually(lambda: len(backend.requests) == 1, message="the request never arrived")
+    reset(client)  # gone before the answer (a FIN would still be answered: a half-close)
+    await eventually(
+        lambda: requests_total(node, **labels, code="4xx") == 1,
+        message="a client that left was not counted",
+    )
+
+    client = await RawClient.connect(proxy.port)
+    await client.send(get("/cut"))
+    await eventually(lambda: len(backend.requests) == 2, message="the second request never arrived")
+    await eventually(
+        lambda: requests_total(node, **labels, code="2xx") == 1,
+        message="a response cut short was not counted",
+    )
+    await client.close()
+    assert metric(node, "loadweaver_upstream_errors_total", {"kind": "reset"}) == 1
+    assert metric(node, "loadweaver_requests_total") == 2
