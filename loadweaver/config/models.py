@@ -13,6 +13,7 @@ from pydantic import BaseModel, BeforeValidator, Field, field_validator, model_v
 from loadweaver.config.addresses import parse_bind, parse_upstream_url
 from loadweaver.config.base import STRICT, Name
 from loadweaver.config.observability import (
+    PER_REQUEST_METRICS,
     AlertsConfig,
     MetricsConfig,
     RequestIdConfig,
@@ -459,7 +460,21 @@ class Config(Strict):
                     f"routes.{index}.rate_limit: {route.rate_limit!r} is not in rate_limits "
                     f"({known})"
                 )
+        self._check_alert_rules()
         return self
+
+    def _check_alert_rules(self) -> None:
+        for index, rule in enumerate(self.alerts.rules):
+            if rule.pool is not None and rule.pool not in self.pools:
+                known = ", ".join(sorted(self.pools)) or "none defined"
+                raise ValueError(
+                    f"alerts.rules.{index}.pool: pool {rule.pool!r} does not exist (pools: {known})"
+                )
+            if rule.metric in PER_REQUEST_METRICS and not self.metrics.enabled:
+                raise ValueError(
+                    f"alerts.rules.{index}.metric: {rule.metric} reads the per-request metrics; "
+                    "set metrics.enabled: true, or drop the rule"
+                )
 
 
 def _check_unique(section: str, values: list[str], what: str = "name") -> None:

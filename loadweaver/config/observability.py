@@ -4,6 +4,7 @@ Field names are part of the promised interface: extend them, never rename them.
 """
 
 import itertools
+import re
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
@@ -75,6 +76,9 @@ class RequestIdConfig(Strict):
         return value
 
 
+MAX_TRAFFIC_KEYS = 20_000
+
+
 class TrafficPatternsConfig(Strict):
     """Top clients, paths, user agents and status codes over a sliding window."""
 
@@ -89,6 +93,17 @@ class TrafficPatternsConfig(Strict):
         if value < 1:
             raise ValueError("traffic_patterns.window must be at least 1s")
         return value
+
+    @model_validator(mode="after")
+    def _bounded_work(self) -> "TrafficPatternsConfig":
+        # Every heartbeat and every view merges slots x capacity keys per dimension on the
+        # event loop: past this, one merge takes long enough to be felt by requests.
+        if self.slots * self.capacity > MAX_TRAFFIC_KEYS:
+            raise ValueError(
+                f"traffic_patterns.slots x capacity is {self.slots * self.capacity}; keep it at "
+                f"most {MAX_TRAFFIC_KEYS}, e.g. slots: 6 and capacity: 256"
+            )
+        return self
 
 
 AlertMetric = Literal[
@@ -109,6 +124,8 @@ AlertMetric = Literal[
 RATIO_METRICS = frozenset({"error_ratio"})
 LATENCY_METRICS = frozenset({"latency_p50", "latency_p95", "latency_p99"})
 STATE_METRICS = frozenset({"backend_down", "pool_panic", "store_down"})
+# Read from the per-request series, which `metrics.enabled: false` turns off.
+PER_REQUEST_METRICS = frozenset({"error_ratio", "request_rate"}) | LATENCY_METRICS
 # Only a node itself knows whether it reaches the store: no leader is elected without it.
 NODE_ONLY_METRICS = frozenset({"store_down"})
 
@@ -118,6 +135,16 @@ class AlertWebhook(Strict):
     url: str
     headers: dict[str, str] = {}
     timeout: Duration = 5.0
+
+    @field_validator("headers")
+    @classmethod
+    def _sendable_headers(cls, headers: dict[str, str]) -> dict[str, str]:
+        for name, value in headers.items():
+            if not re.fullmatch(HEADER_NAME, name):
+                raise ValueError(f"{name!r} is not a header name")
+            if any(ord(character) < 32 or ord(character) == 127 for character in value):
+                raise ValueError(f"the value of header {name} has a control character")
+        return headers
 
     @field_validator("url")
     @classmethod

@@ -55,8 +55,14 @@ class AlertService:
         self.settings = settings
         self._notifier.configure(settings.webhooks)
         if self.latest is not None:
-            for book in (self._node_book, self._cluster_book):
-                book.retain_rules(settings.rules, self.latest.time)
+            self._retain(self.latest.time)
+
+    def _retain(self, now: float) -> None:
+        """Each book resolves what rules it no longer judges fired: removed ones, and ones
+        whose scope moved to the other book."""
+        node_rules, cluster_rules = self._rules()
+        self._node_book.retain_rules(node_rules, now)
+        self._cluster_book.retain_rules(cluster_rules, now)
 
     async def run(self) -> None:
         self._notifier.configure(self.settings.webhooks)
@@ -81,6 +87,7 @@ class AlertService:
         leading = self._is_leader()
         if leading and not self._was_leading:
             self._cluster_book.seed(self._handed_over)
+            self._retain(own.time)  # handed over for a rule this node does not have: resolved
         elif not leading and self._was_leading:
             self._cluster_book.forget()  # the next leader carries them on
         self._was_leading = leading

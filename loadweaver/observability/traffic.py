@@ -32,13 +32,14 @@ class TrafficPatterns:
             for dimension in DIMENSIONS
         }
         self._step = 1  # the latest batch's sampling step
+        self._cached: tuple[int, dict[str, HeavyHitters]] | None = None
 
     def add(self, batch: Sequence[Finished], weight: int = 1) -> None:
         """Requests sampled every `weight`-th: each counts `weight` times."""
         self._step = weight
         keys: dict[str, Counter[str]] = {dimension: Counter() for dimension in DIMENSIONS}
         for client, exchange, status, *_ in batch:
-            keys["clients"][client_address(client, exchange)] += weight
+            keys["clients"][clip(client_address(client, exchange))] += weight
             keys["status_codes"][str(status)] += weight
             if exchange is None:
                 keys["paths"]["-"] += weight
@@ -50,6 +51,7 @@ class TrafficPatterns:
         for dimension, counts in keys.items():
             if counts:
                 self._windows[dimension].add_counts(counts)
+        self._cached = None
 
     @property
     def step(self) -> int:
@@ -57,7 +59,13 @@ class TrafficPatterns:
         return self._step
 
     def summaries(self) -> dict[str, HeavyHitters]:
-        return {dimension: window.summary() for dimension, window in self._windows.items()}
+        """Merged over the window; kept for the rest of the second unless requests arrive, as
+        heartbeats and viewers would otherwise merge the same slots again and again."""
+        second = int(self._clock())
+        if self._cached is None or self._cached[0] != second:
+            merged = {dimension: window.summary() for dimension, window in self._windows.items()}
+            self._cached = (second, merged)
+        return self._cached[1]
 
     def covered_seconds(self) -> float:
         return self._windows["clients"].covered_seconds()
@@ -80,7 +88,9 @@ def view(
         "sample_step": sample_step,
     }
     for dimension in DIMENSIONS:
-        summary = summaries.get(dimension) or HeavyHitters(1)
+        summary = summaries.get(dimension)
+        if summary is None:
+            summary = HeavyHitters(1)
         total = summary.total or 1
         document[dimension] = {
             "error_bound": summary.error,

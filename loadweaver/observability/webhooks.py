@@ -96,9 +96,12 @@ class Notifier:
             body = await queue.get()
             try:
                 delivered = await self._deliver(self._webhooks[name], body)
-                self._sent.labels(name, "sent" if delivered else "failed").inc()
+            except Exception:  # a bug must not end the sender: later alerts still go out
+                logger.exception("alert webhook {}: sending a notification failed", name)
+                delivered = False
             finally:
                 queue.task_done()
+            self._sent.labels(name, "sent" if delivered else "failed").inc()
 
     async def _deliver(self, hook: AlertWebhook, body: Mapping[str, Any]) -> bool:
         problem = ""
@@ -131,7 +134,7 @@ class Notifier:
                     return ""
                 return f"{hook.url} answered {response.status}"
         except (aiohttp.ClientError, TimeoutError, OSError) as error:
-            return f"{hook.url}: {error or type(error).__name__}"
+            return f"{hook.url}: {str(error) or type(error).__name__}"
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:

@@ -5,6 +5,7 @@ and the next leader resolves what the last one fired."""
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -188,3 +189,27 @@ async def test_every_node_tells_that_it_lost_the_store_and_that_it_is_back(
     await wait_until(
         lambda: receiver.statuses().count("resolved") == 2, SETTLE, "not every node resolved"
     )
+
+
+async def test_a_rule_moved_to_the_other_scope_resolves_what_it_fired_there(
+    backend_factory: StartBackend,
+    proxy_factory: StartProxy,
+    receiver: WebhookReceiver,
+    tmp_path: Path,
+) -> None:
+    backend = await backend_factory()
+    rule = {"name": "busy", "metric": "connections_active", "above": -1, "scope": "node"}
+    proxy = await proxy_factory(
+        [backend.url], config_file=tmp_path / "loadweaver.yaml", alerts=alerts(receiver, rule)
+    )
+    await wait_until(lambda: receiver.statuses() == ["firing"], SETTLE, "no firing alert")
+    proxy.config["alerts"] = alerts(receiver, {**rule, "scope": "cluster"})
+    proxy.rewrite_config()
+    assert await proxy.node.reload()
+    await wait_until(
+        lambda: sorted(receiver.statuses()) == ["firing", "firing", "resolved"],
+        SETTLE,
+        "the node-scoped alert was not resolved when the rule became a cluster rule",
+    )
+    resolved = next(body for body in receiver.bodies if body["status"] == "resolved")
+    assert "node" in resolved["alerts"][0]["labels"]

@@ -203,9 +203,42 @@ def test_bad_rules_are_refused_with_their_field_path(fields: dict[str, Any], pro
     assert "alerts.rules.0" in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("sections", "problem"),
+    [
+        (
+            {
+                "alerts": {
+                    "rules": [{"name": "r", "metric": "request_rate", "below": 1, "pool": "x"}]
+                }
+            },
+            "alerts.rules.0.pool: pool 'x' does not exist (pools: app)",
+        ),
+        (
+            {
+                "metrics": {"enabled": False},
+                "alerts": {"rules": [{"name": "r", "metric": "latency_p99", "above": "1s"}]},
+            },
+            "alerts.rules.0.metric: latency_p99 reads the per-request metrics",
+        ),
+    ],
+)
+def test_rules_must_fit_the_rest_of_the_config(sections: dict[str, Any], problem: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        build_config({"pools": {"app": {}}, **sections}, "alerts.yaml")
+    assert problem in str(caught.value)
+
+
 def test_thresholds_take_the_metrics_own_units() -> None:
     assert rule(metric="error_ratio", above="5%").above == pytest.approx(0.05)
     assert rule(metric="latency_p99", above="250ms").above == pytest.approx(0.25)
     assert rule(metric="request_rate", below=10).below == 10
     assert rule(metric="store_down").effective_scope == "node"
     assert rule(metric="error_ratio", above=1).effective_scope == "cluster"
+
+
+def test_a_webhook_header_aiohttp_could_not_send_is_refused() -> None:
+    hook = {"name": "ops", "url": "http://hooks.test/", "headers": {"Authorization": "Bearer x\n"}}
+    with pytest.raises(ConfigError) as caught:
+        build_config({"alerts": {"webhooks": [hook]}}, "alerts.yaml")
+    assert "alerts.webhooks.0.headers: the value of header Authorization" in str(caught.value)
