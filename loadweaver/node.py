@@ -604,6 +604,8 @@ class Node:
             )
         if config.logging == self.config.logging:
             return False
+        # Replacing the sinks removes the access log's own: write out what it holds first.
+        self.observing.access_log.close()
         try:
             configure_logging(config.logging, config.node.id)
         except LoggingSetupError as error:

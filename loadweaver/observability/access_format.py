@@ -6,6 +6,7 @@ method, numbers) go in as they are; what a client chose (host, path, user agent,
 forwarded address) is escaped by the json module's C encoder.
 """
 
+import re
 import time
 from json.encoder import encode_basestring_ascii as json_string
 from typing import TYPE_CHECKING
@@ -20,8 +21,10 @@ from loadweaver.observability.request_fields import (
 )
 
 if TYPE_CHECKING:
+    from loadweaver.proxy.client import ClientConnection
     from loadweaver.proxy.exchange import Exchange
 
+ADDRESS = re.compile(r"[0-9A-Za-z.:_\[\]-]{1,100}")
 HTTP_VERSION_AND_CRLF = 11  # " HTTP/1.1\r\n" after the method and target
 
 
@@ -108,7 +111,7 @@ class JsonLines(LineFormat):
             json_string(request_id.decode("latin-1")) if request_id else "null",
             json_string(agent[:MAX_FIELD].decode("latin-1")) if agent is not None else "null",
             f'"{reason}"' if reason else "null",
-            f'"{tls_version(client)}"' if client.tls else "null",
+            _tls(client),
         )
 
 
@@ -116,7 +119,7 @@ class CombinedLines(LineFormat):
     def line(self, entry: Finished, offset: float) -> str:
         client, exchange, status, ended, reason, sent = entry
         when = self._stamp(ended + offset, "%d/%b/%Y:%H:%M:%S +0000")
-        address = client_address(client, exchange)
+        address = _clf_address(client_address(client, exchange))
         if exchange is None:
             return f'{address} - - [{when}] "-" {status} {sent} "-" "-" error={reason}'
         path, query = _target(exchange)
@@ -130,7 +133,7 @@ class CombinedLines(LineFormat):
         return (
             f'{address} - - [{when}] "{method} {_quoted(target)} {version}" {status} '
             f'{sent or exchange.bytes_out} "{_quoted(referer)}" "{_quoted(agent)}" '
-            f"rt={max(ended - exchange.started, 0.0):.6f} route={route} backend={backend} "
+            f"rt={_seconds(ended, exchange.started)} route={route} backend={backend} "
             f"rid={_quoted(exchange.request_id or b'-')}"
         )
 
@@ -150,3 +153,21 @@ def _quoted(value: bytes) -> str:
     if text.isprintable() and '"' not in text and "\\" not in text:
         return text
     return json_string(text)[1:-1]
+
+
+def _tls(client: "ClientConnection") -> str:
+    version = tls_version(client) if client.tls else None
+    return f'"{version}"' if version is not None else "null"
+
+
+def _seconds(ended: float, started: float) -> str:
+    """A request's time, or `-` for one answered before its turn came (a local reply)."""
+    return f"{max(ended - started, 0.0):.6f}" if started else "-"
+
+
+def _clf_address(address: str) -> str:
+    """A forwarded address is what a proxy's client wrote: anything beyond an address's own
+    characters is quoted and escaped, so it cannot forge the line's other fields."""
+    if ADDRESS.fullmatch(address):
+        return address
+    return json_string(address[:MAX_FIELD])

@@ -67,7 +67,7 @@ class AccessLog:
                 rotation=rotation_of(settings),
                 retention=retention_of(settings),
                 encoding="utf-8",
-                catch=True,
+                catch=False,  # the writer counts lines it could not write as dropped
             )
         except (OSError, ValueError) as error:
             raise AccessLogError(

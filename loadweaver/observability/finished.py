@@ -40,12 +40,18 @@ class FinishedReader:
     def read_every(self, consumer: Consumer | None) -> None:
         """Hands every finished request to `consumer` (None: nobody, and none are queued)."""
         self._every = consumer
-        self._recorder.logged = [] if consumer is not None else None
+        if consumer is None:
+            self._recorder.logged = None
+        elif self._recorder.logged is None:  # a reload re-setting the reader keeps what waits
+            self._recorder.logged = []
 
     def read_sampled(self, consumer: WeightedConsumer | None) -> None:
         """Hands a sample of finished requests to `consumer`, each with its weight."""
         self._sampled = consumer
-        self._recorder.sampled = [] if consumer is not None else None
+        if consumer is None:
+            self._recorder.sampled = None
+        elif self._recorder.sampled is None:
+            self._recorder.sampled = []
 
     async def run(self) -> None:
         while True:
@@ -61,11 +67,16 @@ class FinishedReader:
             self._sampled(sampled, weight)
         batch = self._bounded(self._recorder.drain_logged())
         every = self._every
+        if every is None:
+            return
         for start in range(0, len(batch), CHUNK):
-            if every is not None:
-                every(batch[start : start + CHUNK])
+            every(batch[start : start + CHUNK])
             if start + CHUNK < len(batch):
-                await asyncio.sleep(0)
+                try:
+                    await asyncio.sleep(0)
+                except asyncio.CancelledError:  # stopping: the rest is handed over at once
+                    every(batch[start + CHUNK :])
+                    raise
 
     def _next_step(self) -> int:
         """Every how many requests one is sampled, from the rate since the last second."""

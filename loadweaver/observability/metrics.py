@@ -31,7 +31,6 @@ from loadweaver.observability.request_tally import (
 
 # New upstream connections: from a few hundred microseconds on loopback to a slow TLS handshake.
 CONNECT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
-UPSTREAM_ERROR_KINDS = ("connect", "timeout", "reset", "protocol")
 
 
 class _RequestCountsCollector(Collector):
@@ -50,9 +49,9 @@ class _RequestCountsCollector(Collector):
         responses = CounterMetricFamily(
             "loadweaver_responses", "Responses sent to clients, by status class.", labels=["code"]
         )
-        for status_class in range(1, STATUS_CLASSES):
+        for status_class in range(STATUS_CLASSES):  # llhttp takes 000-999: 0xx..9xx may occur
             count = recorder.by_class[status_class]
-            if count or status_class <= 5:
+            if count or 1 <= status_class <= 5:
                 responses.add_metric([f"{status_class}xx"], count)
         yield responses
 

@@ -21,6 +21,8 @@ def client_address(client: "ClientConnection", exchange: "Exchange | None") -> s
 
 def path_and_query(exchange: "Exchange") -> tuple[str, str]:
     target = exchange.target
+    if target == b"*":  # OPTIONS * asks about the server itself
+        return "*", ""
     if not target.startswith(b"/"):
         # Absolute form (http://host/path?q) or `*`: the origin-form part is what was asked.
         after_scheme = target.split(b"//", 1)[-1]

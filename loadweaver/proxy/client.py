@@ -93,6 +93,7 @@ class ClientConnection(asyncio.Protocol):
         "forwarding_cache",
         "forwarding_host",
         "head_bytes",
+        "head_snapshot",
         "header_bytes",
         "header_count",
         "headers",
@@ -161,6 +162,7 @@ class ClientConnection(asyncio.Protocol):
         self.trailers: list[Header] = []
         self.limits = context.holder.current.limits
         self.special_names = context.holder.current.request_special
+        self.head_snapshot = context.holder.current
         self.pick_context = PickContext("")
         self.forwarding_host: bytes | None = None
         self.forwarding_cache = b""
@@ -245,7 +247,7 @@ class ClientConnection(asyncio.Protocol):
             self.header_bytes = 0
             self.header_count = 0
             self.trailers = []
-            snapshot = self.context.holder.current
+            snapshot = self.head_snapshot = self.context.holder.current
             self.limits = snapshot.limits
             self.special_names = snapshot.request_special
             if not self.queue:
@@ -280,7 +282,8 @@ class ClientConnection(asyncio.Protocol):
         if not exchange.has_body and not exchange.upgrade:
             # Complete already: a reply sent during start() may keep the connection.
             exchange.request_complete = True
-        problem = exchange.prepare(self.context.holder.current)
+        # The snapshot the head was parsed under: its request-id header was parsed apart.
+        problem = exchange.prepare(self.head_snapshot)
         item: Item = exchange if problem is None else LocalReplyItem(self, problem, exchange)
         if problem is not None:
             logger.info(

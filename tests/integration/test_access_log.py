@@ -209,3 +209,21 @@ async def test_turning_the_log_on_by_reload_starts_writing(
         lambda: any(json.loads(line)["path"] == "/after" for line in lines_of(log)),
         message="the request after the reload was not logged",
     )
+
+
+async def test_a_logging_reload_loses_no_access_line(
+    backend_factory: StartBackend, proxy_factory: StartProxy, tmp_path: Path
+) -> None:
+    backend = await backend_factory()
+    log = tmp_path / "access.log"
+    proxy = await proxy_factory(
+        [backend.url], config_file=tmp_path / "loadweaver.yaml", logging=access_log(log)
+    )
+    for level in ("error", "warning", "error"):
+        await send(proxy.port, *[get("/kept")] * 20)
+        proxy.config["logging"] = {**access_log(log), "level": level}
+        proxy.rewrite_config()
+        assert await proxy.node.reload()  # replaces every log sink, the access log's too
+    await wait_for_lines(log, 60)
+    await proxy.node.stop(grace=0)
+    assert len(lines_of(log)) == 60
