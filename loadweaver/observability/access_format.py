@@ -16,13 +16,12 @@ from loadweaver.observability.request_fields import (
     MAX_FIELD,
     client_address,
     path_and_query,
-    request_header,
     tls_version,
 )
+from loadweaver.proxy.headers import header_value
 
 if TYPE_CHECKING:
     from loadweaver.proxy.client import ClientConnection
-    from loadweaver.proxy.exchange import Exchange
 
 ADDRESS = re.compile(r"[0-9A-Za-z.:_\[\]-]{1,100}")
 HTTP_VERSION_AND_CRLF = 11  # " HTTP/1.1\r\n" after the method and target
@@ -80,12 +79,9 @@ class JsonLines(LineFormat):
         route, served_by, headers = exchange.route, exchange.served_by, exchange.headers
         started, connected, answered = exchange.started, exchange.connected_at, exchange.response_at
         target = exchange.target
-        if target[:1] == b"/":
-            path, _, query = target.partition(b"?")
-        else:
-            path, query = _target(exchange)
+        path, query = path_and_query(exchange)
         host, request_id = exchange.host, exchange.request_id
-        agent = request_header(headers, b"user-agent")
+        agent = header_value(headers, (), b"user-agent")
         fields = headers + exchange.special
         head = sum(map(len, map(b"".join, fields))) + 4 * len(fields) + len(target)
         return JSON_LINE % (
@@ -122,29 +118,20 @@ class CombinedLines(LineFormat):
         address = _clf_address(client_address(client, exchange))
         if exchange is None:
             return f'{address} - - [{when}] "-" {status} {sent} "-" "-" error={reason}'
-        path, query = _target(exchange)
+        path, query = path_and_query(exchange)
         target = path + b"?" + query if query and self._include_query else path
         version = "HTTP/1.1" if exchange.http11 else "HTTP/1.0"
         method = exchange.method.decode("latin-1")
         route = exchange.route.name if exchange.route is not None else "-"
         backend = exchange.served_by.name if exchange.served_by is not None else "-"
-        referer = request_header(exchange.headers, b"referer") or b"-"
-        agent = request_header(exchange.headers, b"user-agent") or b"-"
+        referer = header_value(exchange.headers, (), b"referer") or b"-"
+        agent = header_value(exchange.headers, (), b"user-agent") or b"-"
         return (
             f'{address} - - [{when}] "{method} {_quoted(target)} {version}" {status} '
             f'{sent or exchange.bytes_out} "{_quoted(referer)}" "{_quoted(agent)}" '
             f"rt={_seconds(ended, exchange.started)} route={route} backend={backend} "
             f"rid={_quoted(exchange.request_id or b'-')}"
         )
-
-
-def _target(exchange: "Exchange") -> tuple[bytes, bytes]:
-    target = exchange.target
-    if target.startswith(b"/"):
-        path, _, query = target.partition(b"?")
-        return path, query
-    path_text, query_text = path_and_query(exchange)
-    return path_text.encode("latin-1"), query_text.encode("latin-1")
 
 
 def _quoted(value: bytes) -> str:

@@ -2,6 +2,8 @@
 
 from typing import TYPE_CHECKING
 
+from loadweaver.proxy.exchange import origin_form
+
 if TYPE_CHECKING:
     from loadweaver.proxy.client import ClientConnection
     from loadweaver.proxy.exchange import Exchange
@@ -19,27 +21,10 @@ def client_address(client: "ClientConnection", exchange: "Exchange | None") -> s
     return client.trusted_proxies.real_client(client.client_ip, forwarded_for)
 
 
-def path_and_query(exchange: "Exchange") -> tuple[str, str]:
-    target = exchange.target
-    if target == b"*":  # OPTIONS * asks about the server itself
-        return "*", ""
-    if not target.startswith(b"/"):
-        # Absolute form (http://host/path?q) or `*`: the origin-form part is what was asked.
-        after_scheme = target.split(b"//", 1)[-1]
-        slash = after_scheme.find(b"/")
-        target = after_scheme[slash:] if slash != -1 else b"/"
-    path, _, query = target.partition(b"?")
-    return path.decode("latin-1"), query.decode("latin-1")
-
-
-def request_header(headers: list[tuple[bytes, bytes]], lowered: bytes) -> bytes | None:
-    """The first value of a header passed on as it came (not Host or the forwarding headers,
-    which the proxy keeps apart); the length test spares most names a lower()."""
-    size = len(lowered)
-    for name, value in headers:
-        if len(name) == size and name.lower() == lowered:
-            return value
-    return None
+def path_and_query(exchange: "Exchange") -> tuple[bytes, bytes]:
+    """The target's path and query, as the request line asked them of the backend."""
+    path, _, query = origin_form(exchange.target).partition(b"?")
+    return path, query
 
 
 def tls_version(client: "ClientConnection") -> str | None:

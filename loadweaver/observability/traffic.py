@@ -15,9 +15,9 @@ from loadweaver.observability.request_fields import (
     client_address,
     clip,
     path_and_query,
-    request_header,
 )
 from loadweaver.observability.topk import HeavyHitters, SlidingTopK
+from loadweaver.proxy.headers import header_value
 
 DIMENSIONS = ("clients", "paths", "user_agents", "status_codes")
 PUBLISHED_TOP = 20  # entries per dimension a node shares with the cluster
@@ -45,8 +45,8 @@ class TrafficPatterns:
                 keys["paths"]["-"] += weight
                 keys["user_agents"]["-"] += weight
                 continue
-            keys["paths"][clip(path_and_query(exchange)[0])] += weight
-            agent = request_header(exchange.headers, b"user-agent")
+            keys["paths"][clip(path_and_query(exchange)[0].decode("latin-1"))] += weight
+            agent = header_value(exchange.headers, (), b"user-agent")
             keys["user_agents"][clip(agent.decode("latin-1")) if agent else "-"] += weight
         for dimension, counts in keys.items():
             if counts:

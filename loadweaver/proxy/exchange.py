@@ -269,7 +269,7 @@ class Exchange:
         lines = [
             self.method,
             b" ",
-            target if target[:1] == b"/" else _origin_form(target),
+            target if target[:1] == b"/" else origin_form(target),
             b" HTTP/1.1\r\nHost: ",
             host,
             b"\r\n",
@@ -993,7 +993,7 @@ def _host_without_port(host: bytes) -> str:
     return host.partition(b":")[0].decode("latin-1")
 
 
-def _origin_form(target: bytes) -> bytes:
+def origin_form(target: bytes) -> bytes:
     if target.startswith(b"/") or target == b"*":
         return target
     rest = target.split(b"//", 1)[1]
@@ -1005,7 +1005,7 @@ def _origin_form(target: bytes) -> bytes:
 
 
 def _path_of(target: bytes) -> str:
-    path = _origin_form(target) if not target.startswith(b"/") else target
+    path = origin_form(target) if not target.startswith(b"/") else target
     query = path.find(b"?")
     if query != -1:
         path = path[:query]
