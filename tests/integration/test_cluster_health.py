@@ -504,6 +504,8 @@ async def test_a_verdict_whose_store_write_failed_once_still_reaches_the_followe
 
     backends["b1"].script.health_status = 503
     await wait_until(lambda: not leader_verdict_up(leader, "b1"), SETTLE, "b1 never fell")
+    # The verdict applies locally before its store write is attempted.
+    await wait_until(lambda: bool(asked), SETTLE, "the verdict was never written")
     assert asked[:1] == [f"{POOL}/b1"]
 
     # Ten anti-entropy intervals: ample for a retry or a periodic re-record.
