@@ -54,6 +54,7 @@ from loadweaver.control.snapshot import Snapshot, SnapshotHolder
 from loadweaver.control.watcher import watch_config_files
 from loadweaver.health.manager import HealthManager
 from loadweaver.observability.access_log import AccessLogError
+from loadweaver.observability.live_labels import live_labels
 from loadweaver.observability.live_stats import LiveStats
 from loadweaver.observability.logging import LoggingSetupError, configure_logging
 from loadweaver.observability.metrics import Metrics
@@ -592,6 +593,7 @@ class Node:
         self.resources.loads.retain_only(
             (backend.pool_name, backend.name, backend.address) for backend in backends
         )
+        self.metrics.retain_only(live_labels(config))
         self._log_reclaimed(composition)
         return snapshot
 

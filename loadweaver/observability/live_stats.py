@@ -16,6 +16,7 @@ from loadweaver.observability.backend_stats import percentile
 from loadweaver.observability.metrics import Metrics
 
 WINDOW_SECONDS = 10
+SWEEP_EVERY = 60  # samples between sweeps of series left by removed backends
 
 
 @dataclass(frozen=True)
@@ -48,8 +49,12 @@ class LiveStats:
 
     async def run(self) -> None:
         """Samples once a second until cancelled."""
+        samples = 0
         while True:
             self.sample()
+            samples += 1
+            if samples % SWEEP_EVERY == 0:
+                self._metrics.sweep()
             await asyncio.sleep(1.0)
 
     def sample(self) -> None:

@@ -22,6 +22,7 @@ from prometheus_client.registry import Collector
 
 from loadweaver import __version__
 from loadweaver.config.observability import DEFAULT_DURATION_BUCKETS, MetricsConfig
+from loadweaver.observability.live_labels import LiveLabels, label_sets
 from loadweaver.observability.recorder import RequestRecorder
 from loadweaver.observability.request_tally import (
     STATUS_CLASSES,
@@ -77,6 +78,7 @@ class Metrics:
         self.recorder = RequestRecorder(self.tally)
         self._per_request = [True]
         self.node = [node_id, cluster, store]
+        self._live: LiveLabels | None = None  # None until the first snapshot: keep everything
         self.registry.register(_RequestCountsCollector(self.recorder))
         self.registry.register(RequestTallyCollector(self.tally, self._per_request))
         self.registry.register(_NodeInfoCollector(self.node))
@@ -230,6 +232,36 @@ class Metrics:
         self._per_request[0] = settings.enabled
         self.recorder.set_metrics(settings.enabled)
         self.tally.rebucket(settings.duration_buckets)
+
+    def retain_only(self, live: LiveLabels) -> None:
+        """Drops the series of backends, pools, routes, listeners and rate limits that the
+        config no longer names; called after every snapshot swap."""
+        self._live = live
+        self.tally.retain_only(live.keeps_row)
+        self.sweep()
+
+    def sweep(self) -> None:
+        """Drops series that errors or probes on removed backends made after the last swap."""
+        live = self._live
+        if live is None:
+            return
+        for metric, names, keeps in (
+            (self.upstream_errors, ("pool", "backend", "kind"), live.keeps_backend),
+            (self.upstream_connect, ("pool", "backend"), live.keeps_backend),
+            (self.backend_flaps, ("pool", "backend"), live.keeps_backend),
+            (self.backend_healthy, ("pool", "backend"), live.keeps_backend),
+            (self.health_checks, ("pool", "result"), live.keeps_pool),
+            (self.pool_panic, ("pool",), live.keeps_pool),
+            (self.retries_by_reason, ("pool", "reason"), live.keeps_pool),
+            (self.retries_refused, ("pool",), live.keeps_pool),
+            (self.ejections, ("pool",), live.keeps_pool),
+            (self.health_flaps, ("pool",), live.keeps_pool),
+            (self.breaker_rejections, ("pool", "limit"), live.keeps_pool),
+            (self.rate_limited, ("policy",), live.keeps_rate_limit),
+        ):
+            for labels in list(label_sets(metric, names)):
+                if not keeps(labels):
+                    metric.remove(*labels)
 
     def upstream_error(self, pool: str, backend: str, kind: str) -> None:
         self.upstream_errors.labels(pool, backend, kind).inc()

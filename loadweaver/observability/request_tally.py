@@ -7,7 +7,7 @@ second, and before every scrape), which costs the request nothing.
 """
 
 from bisect import bisect_right
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
@@ -31,6 +31,7 @@ class RequestTally:
     def __init__(self, bounds: Sequence[float]) -> None:
         self.bounds = tuple(bounds)
         self.rows: dict[RowKey, TallyRow] = {}
+        self._keeps: Callable[[RowKey], bool] = lambda _: True
 
     def row(self, key: RowKey) -> TallyRow:
         """The row for `key`, made on first use (the hot path tries `rows.get` first)."""
@@ -46,10 +47,21 @@ class RequestTally:
         return row
 
     def fold(self) -> None:
-        """Moves pending durations into the buckets."""
-        for row in self.rows.values():
-            if row.durations:
+        """Moves pending durations into the buckets, and drops rows the config no longer names
+        (a request still in flight on a removed backend makes its row again when it ends)."""
+        stale = []
+        for key, row in self.rows.items():
+            if not self._keeps(key):
+                stale.append(key)
+            elif row.durations:
                 self._fold_row(row)
+        for key in stale:
+            del self.rows[key]  # in place: the recorder holds this dict
+
+    def retain_only(self, keeps: Callable[[RowKey], bool]) -> None:
+        """From now on, keeps only the rows `keeps` accepts."""
+        self._keeps = keeps
+        self.fold()
 
     def _fold_row(self, row: TallyRow) -> None:
         pending, row.durations = row.durations, []

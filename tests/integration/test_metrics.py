@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from loadweaver.node import Node
 from tests.conftest import StartBackend, StartProxy
+from tests.support.admin import AdminClient
 from tests.support.backend import ReceivedRequest, response
 from tests.support.client import RawClient, get
 from tests.support.cluster import wait_until
@@ -265,3 +266,43 @@ async def test_requests_cut_short_are_counted_once(
     await client.close()
     assert metric(node, "loadweaver_upstream_errors_total", {"kind": "reset"}) == 1
     assert metric(node, "loadweaver_requests_total") == 2
+
+
+def series_naming(node: Node, backend: str) -> list[str]:
+    return [
+        sample.name
+        for family in node.metrics.registry.collect()
+        for sample in family.samples
+        if sample.labels.get("backend") == backend
+    ]
+
+
+async def test_a_removed_backend_takes_its_series_with_it(
+    backend_factory: StartBackend, proxy_factory: StartProxy
+) -> None:
+    serving = await backend_factory(name="b0")
+    proxy = await proxy_factory(
+        [serving.url, f"http://127.0.0.1:{closed_port()}"],
+        pool={"retries": {"attempts": 0}, "passive": {"consecutive_failures": 100}},
+    )
+    node = proxy.node
+    statuses = [(await requests_on_one_connection(proxy.port, ["/"]))[0] for _ in range(10)]
+    assert sorted(statuses) == [200] * 5 + [502] * 5  # a 502 closes its connection
+    assert metric(node, "loadweaver_upstream_errors_total", {"backend": "b1"}) == 5
+    assert "loadweaver_requests_total" in series_naming(node, "b1")
+
+    async with aiohttp.ClientSession() as session:
+        api = AdminClient(session, admin_port(proxy.config))
+        removed = await api.call("DELETE", "/api/v1/pools/app/backends/b1")
+        assert removed.status == 204, removed.text
+        assert series_naming(node, "b1") == []
+        assert requests_total(node, backend="b0", code="2xx") == 5
+
+        added = await api.call(
+            "POST", "/api/v1/pools/app/backends", {"name": "b1", "url": serving.url}
+        )
+        assert added.status == 201, added.text
+    await requests_on_one_connection(proxy.port, ["/"] * 4)
+    # Back under the same name, it starts from nothing: Prometheus' rate() sees a reset.
+    assert requests_total(node, backend="b1", code="2xx") == 2
+    assert metric(node, "loadweaver_upstream_errors_total", {"backend": "b1"}) == 0
