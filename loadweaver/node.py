@@ -576,7 +576,7 @@ class Node:
         token = self._admin_token(file_config)
         self._warn_about_sticky_secrets(config)
         snapshot = self._compile(config)
-        logging_reconfigured = self._note_restart_only_changes(config)
+        logging_reconfigured = await self._note_restart_only_changes(config)
         self.metrics.configure(config.metrics)
         self.observing.apply(config, logging_reconfigured)
         self.file_config, self.config, self.composition = file_config, config, composition
@@ -597,7 +597,7 @@ class Node:
         self._log_reclaimed(composition)
         return snapshot
 
-    def _note_restart_only_changes(self, config: Config) -> bool:
+    async def _note_restart_only_changes(self, config: Config) -> bool:
         """Applies what needs more than a snapshot swap; True when the log sinks were replaced."""
         if config.admin.bind != self.config.admin.bind:
             logger.warning(
@@ -607,7 +607,7 @@ class Node:
         if config.logging == self.config.logging:
             return False
         # Replacing the sinks removes the access log's own: write out what it holds first.
-        self.observing.access_log.close()
+        await self.observing.access_log.close_without_blocking()
         try:
             configure_logging(config.logging, config.node.id)
         except LoggingSetupError as error:

@@ -6,6 +6,7 @@ message to a loguru file sink of the access log's own, handed over by a backgrou
 through the ordinary log sinks.
 """
 
+import asyncio
 import contextlib
 import random
 import time
@@ -41,6 +42,7 @@ class AccessLog:
         self._on_dropped = on_dropped
         self._random = random.Random()
         self._format: LineFormat = JsonLines(node_id, False)
+        self._held: list[str] | None = None  # lines written while the sinks are being replaced
         self.settings = settings
 
     @property
@@ -54,8 +56,17 @@ class AccessLog:
         self._format = kind(self._node_id, settings.include_query)
 
     def open(self) -> None:
-        """(Re)adds the file sink; raises AccessLogError naming the path when it cannot."""
+        """(Re)adds the file sink; raises AccessLogError naming the path when it cannot. Lines
+        held since `close_without_blocking` are written then, to the log sinks if it fails."""
         self.close()
+        try:
+            self._open_sink()
+        finally:
+            held, self._held = self._held, None
+            if held:
+                self._emit(held)
+
+    def _open_sink(self) -> None:
         settings = self.settings
         if not settings.enabled or settings.path is None:
             return
@@ -75,6 +86,16 @@ class AccessLog:
             ) from None
         emit = logger.bind(**{ACCESS_FILE_MARKER: True}).info
         self._writer = BackgroundWriter(emit, self._on_dropped)
+
+    async def close_without_blocking(self) -> None:
+        """As `close`, but the writer drains on a worker thread while the loop goes on serving
+        (a slow disk can take seconds); lines written meanwhile are held for `open`."""
+        if self._held is None:
+            self._held = []
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            await asyncio.to_thread(writer.close)
+        self.close()
 
     def close(self) -> None:
         """Writes what is queued, then removes the file sink."""
@@ -96,6 +117,12 @@ class AccessLog:
             lines = [line(entry, offset) for entry in batch if self._sampled(entry)]
         if not lines:
             return
+        if self._held is not None:
+            self._held.extend(lines)
+            return
+        self._emit(lines)
+
+    def _emit(self, lines: list[str]) -> None:
         if self._writer is not None:
             self._writer.put("\n".join(lines), len(lines))
         else:

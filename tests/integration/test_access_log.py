@@ -1,9 +1,11 @@
 """The access log: one line per request with the promised fields, in JSON or combined format,
 sampled, rotated, and written by loguru's thread from batches; real nodes and backends."""
 
+import asyncio
 import json
 import re
 import ssl
+import time
 from pathlib import Path
 from typing import Any
 
@@ -227,3 +229,36 @@ async def test_a_logging_reload_loses_no_access_line(
     await wait_for_lines(log, 60)
     await proxy.node.stop(grace=0)
     assert len(lines_of(log)) == 60
+
+
+async def test_a_logging_reload_waits_for_a_slow_disk_without_stalling_requests(
+    backend_factory: StartBackend, proxy_factory: StartProxy, tmp_path: Path
+) -> None:
+    backend = await backend_factory()
+    log = tmp_path / "access.log"
+    proxy = await proxy_factory(
+        [backend.url], config_file=tmp_path / "loadweaver.yaml", logging=access_log(log)
+    )
+    writer = proxy.node.observing.access_log._writer
+    assert writer is not None
+    write_to_disk = writer._emit
+
+    def slow_disk(text: str) -> None:  # runs on the writer's thread
+        time.sleep(1.0)
+        write_to_disk(text)
+
+    writer._emit = slow_disk
+    await send(proxy.port, *[get("/before")] * 20)
+    await asyncio.sleep(0.3)  # the reader hands the chunk over; the writer sits on it
+
+    proxy.config["logging"] = {**access_log(log), "level": "error"}
+    proxy.rewrite_config()
+    reload = asyncio.create_task(proxy.node.reload())
+    assert await send(proxy.port, get("/during")) == [200]
+    assert not reload.done()  # the request was served while the old writer drained
+    assert await reload
+
+    await wait_for_lines(log, 21)
+    await proxy.node.stop(grace=0)
+    paths = [json.loads(line)["path"] for line in lines_of(log)]
+    assert paths == ["/before"] * 20 + ["/during"]
