@@ -64,19 +64,30 @@ class FinishedReader:
     async def read(self) -> None:
         sampled, weight = self._recorder.drain_sampled(self._next_step())
         if self._sampled is not None and sampled:
-            self._sampled(sampled, weight)
+            try:
+                self._sampled(sampled, weight)
+            except Exception:  # a sample lost; the access log's batch must still be written
+                logger.exception("counting traffic patterns failed")
         batch = self._bounded(self._recorder.drain_logged())
         every = self._every
         if every is None:
             return
         for start in range(0, len(batch), CHUNK):
-            every(batch[start : start + CHUNK])
+            self._hand_over(every, batch[start : start + CHUNK])
             if start + CHUNK < len(batch):
                 try:
                     await asyncio.sleep(0)
                 except asyncio.CancelledError:  # stopping: the rest is handed over at once
-                    every(batch[start + CHUNK :])
+                    self._hand_over(every, batch[start + CHUNK :])
                     raise
+
+    def _hand_over(self, every: Consumer, chunk: Sequence[Finished]) -> None:
+        """One chunk to the consumer; if it fails, only that chunk is lost, and counted."""
+        try:
+            every(chunk)
+        except Exception:
+            logger.exception("writing {} access log lines failed", len(chunk))
+            self._on_dropped(len(chunk))
 
     def _next_step(self) -> int:
         """Every how many requests one is sampled, from the rate since the last second."""

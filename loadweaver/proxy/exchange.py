@@ -994,9 +994,11 @@ def _host_without_port(host: bytes) -> str:
 
 
 def origin_form(target: bytes) -> bytes:
-    if target.startswith(b"/") or target == b"*":
+    """The path and query of an absolute-form target; any other target as it is (origin form,
+    `*`, or a CONNECT's authority, which only the access log and traffic patterns see)."""
+    _, absolute, rest = target.partition(b"//")
+    if target.startswith(b"/") or not absolute:
         return target
-    rest = target.split(b"//", 1)[1]
     slash = rest.find(b"/")
     query = rest.find(b"?")
     if slash == -1:

@@ -105,6 +105,32 @@ async def test_local_replies_and_failures_are_logged_with_their_reason(
     assert all(entry["request_id"] for entry in entries if entry["method"] is not None)
 
 
+async def test_a_connect_request_is_logged_with_its_authority_as_path(
+    backend_factory: StartBackend, proxy_factory: StartProxy, tmp_path: Path
+) -> None:
+    backend = await backend_factory(name="b0")
+    log = tmp_path / "access.log"
+    proxy = await proxy_factory([backend.url], logging=access_log(log))
+    connect = b"CONNECT example.test:443 HTTP/1.1\r\nHost: example.test:443\r\n\r\n"
+    assert await send(proxy.port, connect) == [405]
+    await send(proxy.port, get("/after"))
+
+    entries = [json.loads(line) for line in await wait_for_lines(log, 2)]
+    assert [(entry["method"], entry["path"], entry["status"]) for entry in entries] == [
+        ("CONNECT", "example.test:443", 405),
+        ("GET", "/after", 200),
+    ]
+    traffic = proxy.node.observing.traffic
+    assert traffic is not None
+    await eventually(
+        lambda: (
+            {"example.test:443", "/after"}
+            <= {key for key, _ in traffic.summaries()["paths"].top(10)}
+        ),
+        message="the CONNECT request was not counted in the traffic patterns",
+    )
+
+
 async def test_the_combined_format(
     backend_factory: StartBackend, proxy_factory: StartProxy, tmp_path: Path
 ) -> None:
