@@ -39,6 +39,7 @@ class AccessLog:
         self._wall_clock = wall_clock
         self._sink_id: int | None = None
         self._writer: BackgroundWriter | None = None
+        self._draining: BackgroundWriter | None = None  # left by a reload that was cancelled
         self._on_dropped = on_dropped
         self._random = random.Random()
         self._format: LineFormat = JsonLines(node_id, False)
@@ -58,13 +59,11 @@ class AccessLog:
     def open(self) -> None:
         """(Re)adds the file sink; raises AccessLogError naming the path when it cannot. Lines
         held since `close_without_blocking` are written then, to the log sinks if it fails."""
-        self.close()
+        self._close_writer_and_sink()
         try:
             self._open_sink()
         finally:
-            held, self._held = self._held, None
-            if held:
-                self._emit(held)
+            self._release_held()
 
     def _open_sink(self) -> None:
         settings = self.settings
@@ -93,19 +92,35 @@ class AccessLog:
         if self._held is None:
             self._held = []
         writer, self._writer = self._writer, None
-        if writer is not None:
-            await asyncio.to_thread(writer.close)
-        self.close()
+        try:
+            if writer is not None:
+                await asyncio.to_thread(writer.close)
+        except asyncio.CancelledError:  # no open() will follow to take the held lines
+            self._draining = writer  # still writing on its thread: close() waits for it
+            self._release_held()
+            raise
+        self._close_writer_and_sink()
 
     def close(self) -> None:
         """Writes what is queued, then removes the file sink."""
-        if self._writer is not None:
-            writer, self._writer = self._writer, None
-            writer.close()
+        self._close_writer_and_sink()
+        self._release_held()
+
+    def _close_writer_and_sink(self) -> None:
+        writers = (self._draining, self._writer)
+        self._draining = self._writer = None
+        for writer in writers:
+            if writer is not None:
+                writer.close()
         if self._sink_id is not None:
             sink, self._sink_id = self._sink_id, None
             with contextlib.suppress(ValueError):  # already gone: logging was reconfigured
                 logger.remove(sink)
+
+    def _release_held(self) -> None:
+        held, self._held = self._held, None
+        if held:
+            self._emit(held)
 
     def write(self, batch: Sequence[Finished]) -> None:
         settings = self.settings
