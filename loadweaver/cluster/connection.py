@@ -63,12 +63,3 @@ def _sentinel_master(hosts: str, path: str, options: dict[str, Any]) -> Redis:
     )
     master: Redis = sentinel.master_for(segments[0], db=database, **options)
     return master
-
-
-def redacted(url: str) -> str:
-    """The URL without its password, for logs and `cluster status`."""
-    parts = urlsplit(url)
-    if not parts.password:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return parts._replace(netloc=netloc).geturl()

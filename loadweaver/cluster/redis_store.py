@@ -17,10 +17,11 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from loadweaver.cluster import scripts
 from loadweaver.cluster.breaker import CircuitBreaker
 from loadweaver.cluster.codec import CodecError, decode, encode
-from loadweaver.cluster.connection import Timeouts, connect, redacted
+from loadweaver.cluster.connection import Timeouts, connect
 from loadweaver.cluster.keys import KeySchema
 from loadweaver.cluster.state import StoredConfig
 from loadweaver.cluster.store import FencedOutError, Grant, Lease, StoreError, VersionConflictError
+from loadweaver.config.addresses import without_password
 
 T = TypeVar("T")
 
@@ -55,7 +56,7 @@ class RedisStore:
 
     @property
     def description(self) -> str:
-        return f"redis {redacted(self._url)} (cluster {self._keys.cluster!r})"
+        return f"redis {without_password(self._url)} (cluster {self._keys.cluster!r})"
 
     @property
     def up(self) -> bool:

@@ -1,4 +1,4 @@
-"""Parsing of `host:port` bind addresses and backend URLs."""
+"""Parsing of `host:port` bind addresses and backend URLs, and URLs made fit to show."""
 
 import ipaddress
 from dataclasses import dataclass
@@ -70,3 +70,13 @@ def parse_upstream_url(value: str) -> UpstreamAddress:
         raise ValueError(f"backend url {value!r} must not carry credentials")
     default_port = 443 if parts.scheme == "https" else 80
     return UpstreamAddress(parts.scheme, parts.hostname, port or default_port)
+
+
+def without_password(url: str, mask: str = "***") -> str:
+    """`url` with its password, if it has one, replaced by `mask`: for logs and API answers."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rsplit("@", 1)[1]
+    return parts._replace(netloc=f"{user}:{mask}@{host}").geturl()

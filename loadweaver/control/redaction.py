@@ -3,7 +3,8 @@
 import copy
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+
+from loadweaver.config.addresses import without_password
 
 REDACTED = "<redacted secret>"  # long enough to pass the secret's own length check
 
@@ -24,17 +25,8 @@ def redact_config(data: Mapping[str, Any]) -> dict[str, Any]:
     for hook in (alerts.get("webhooks") or []) if isinstance(alerts, dict) else []:
         if isinstance(hook, dict):
             hook["headers"] = dict.fromkeys(hook.get("headers") or {}, REDACTED)
-            hook["url"] = _without_password(str(hook.get("url", "")))
+            hook["url"] = without_password(str(hook.get("url", "")), REDACTED)
     return redacted
-
-
-def _without_password(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"{user}:{REDACTED}@{host}"))
 
 
 def restore_secrets(pools: Mapping[str, Any], current_pools: Mapping[str, Any]) -> dict[str, Any]:

@@ -21,12 +21,12 @@ from loadweaver.cluster.connection import (
     RedisUrlError,
     Timeouts,
     connect,
-    redacted,
 )
 from loadweaver.cluster.keys import KeySchema
 from loadweaver.cluster.redis_store import RedisStore
 from loadweaver.cluster.state import Override, StoredConfig
 from loadweaver.cluster.store import StoreError
+from loadweaver.config.addresses import without_password
 
 # The fixtures register under their own names; the aliases keep ruff from reading the test
 # arguments as redefinitions of the imports.
@@ -491,8 +491,8 @@ async def test_the_password_comes_from_the_url_else_the_environment(
         ("redis://user@h:6390/0", "redis://user@h:6390/0"),
     ],
 )
-def test_redacted_hides_the_password_and_nothing_else(url: str, shown: str) -> None:
-    assert redacted(url) == shown
+def test_without_password_hides_the_password_and_nothing_else(url: str, shown: str) -> None:
+    assert without_password(url) == shown
 
 
 async def test_the_store_description_hides_the_password() -> None:
