@@ -38,15 +38,6 @@ class HeavyHitters:
         self.total += added
         self._prune()
 
-    def merge(self, other: "HeavyHitters") -> None:
-        """Adds `other` (left unchanged) to this summary, which keeps its own capacity."""
-        held = self._counts
-        for key, count in other._counts.items():
-            held[key] = held.get(key, 0) + count
-        self.total += other.total
-        self.error += other.error
-        self._prune()
-
     @classmethod
     def merged(cls, parts: Iterable["HeavyHitters"], capacity: int) -> "HeavyHitters":
         """One summary of several, pruned once: merging them one by one would prune after

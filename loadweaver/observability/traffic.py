@@ -107,18 +107,22 @@ def merge_records(
 ) -> tuple[dict[str, HeavyHitters], float, int]:
     """Several nodes' shared records as one set of summaries, the longest window and the
     largest sample step among them; a malformed record is skipped."""
-    merged = {dimension: HeavyHitters(capacity) for dimension in DIMENSIONS}
+    parts: dict[str, list[HeavyHitters]] = {dimension: [] for dimension in DIMENSIONS}
     window, step = 0.0, 1
     for record in records:
         try:
-            parts = {
+            summaries = {
                 dimension: HeavyHitters.from_record(record[dimension], capacity)
                 for dimension in DIMENSIONS
             }
             record_window, record_step = float(record["window"]), int(record["step"])
         except (KeyError, TypeError, ValueError):
             continue
-        for dimension, summary in parts.items():
-            merged[dimension].merge(summary)
+        for dimension, summary in summaries.items():
+            parts[dimension].append(summary)
         window, step = max(window, record_window), max(step, record_step)
+    merged = {
+        dimension: HeavyHitters.merged(summaries, capacity)
+        for dimension, summaries in parts.items()
+    }
     return merged, window, step

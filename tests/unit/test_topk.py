@@ -92,7 +92,7 @@ def test_merge_keeps_the_bound_on_the_combined_stream(
     merged, other = summarize(capacity, first), summarize(capacity, second)
     other_before = other.to_record(capacity)
 
-    merged.merge(other)
+    merged = HeavyHitters.merged([merged, other], capacity)
 
     assert_bounded(merged, true_counts(first, second))
     assert merged.error * (capacity + 1) <= merged.total
@@ -108,7 +108,7 @@ def test_summaries_rebuilt_from_short_records_keep_the_bound(
         one, two = (rebuilt(summary, k) for summary in summaries)
         assert_bounded(one, true_counts(first))
         assert one.error * (k + 1) <= one.total
-        one.merge(two)
+        one = HeavyHitters.merged([one, two], capacity)
         assert_bounded(one, true_counts(first, second))
 
 
