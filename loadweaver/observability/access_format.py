@@ -16,7 +16,6 @@ from loadweaver.observability.request_fields import (
     MAX_FIELD,
     client_address,
     path_and_query,
-    tls_version,
 )
 from loadweaver.proxy.headers import header_value
 
@@ -143,7 +142,7 @@ def _quoted(value: bytes) -> str:
 
 
 def _tls(client: "ClientConnection") -> str:
-    version = tls_version(client) if client.tls else None
+    version = client.tls_version
     return f'"{version}"' if version is not None else "null"
 
 

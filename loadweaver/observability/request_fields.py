@@ -27,12 +27,5 @@ def path_and_query(exchange: "Exchange") -> tuple[bytes, bytes]:
     return path, query
 
 
-def tls_version(client: "ClientConnection") -> str | None:
-    if not client.tls or client.transport is None:
-        return None
-    ssl_object = client.transport.get_extra_info("ssl_object")
-    return ssl_object.version() if ssl_object is not None else None
-
-
 def clip(text: str) -> str:
     return text if len(text) <= MAX_FIELD else text[:MAX_FIELD]

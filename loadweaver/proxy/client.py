@@ -114,6 +114,7 @@ class ClientConnection(asyncio.Protocol):
         "special_names",
         "stats",
         "tls",
+        "tls_version",
         "trailers",
         "transport",
         "trusted",
@@ -134,6 +135,7 @@ class ClientConnection(asyncio.Protocol):
         self.stats = stats
         self.listener = listener
         self.tls = listener.certificates is not None
+        self.tls_version: str | None = None  # negotiated: "TLSv1.3"
         self.transport: asyncio.Transport | None = None
         self.client_ip = ""
         self.trusted = False
@@ -172,6 +174,9 @@ class ClientConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
+        if self.tls:  # made once the handshake is done
+            ssl_object = transport.get_extra_info("ssl_object")
+            self.tls_version = ssl_object.version() if ssl_object is not None else None
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if peer else "unknown"
         self.pick_context = PickContext(self.client_ip)

@@ -17,6 +17,7 @@ def entry(forwarded_for: bytes, **exchange: Any) -> Finished:
         trusted=True,
         trusted_proxies=TrustedProxies(["10.0.0.0/8"]),
         tls=False,
+        tls_version=None,
         transport=None,
         listener=SimpleNamespace(name="web"),
     )
