@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from prometheus_client.metrics import MetricWrapperBase
 
 from loadweaver.config.models import Config
+from loadweaver.observability.request_tally import OVERFLOW
 
 # Rows the tally makes for requests that never reached a route, pool or backend.
 NO_LABEL = ""
-OVERFLOW = "other"  # the tally's backend label once it holds too many rows
 
 
 @dataclass(frozen=True)

@@ -139,7 +139,8 @@ class Metrics:
         )
         self.access_log_dropped = Counter(
             "loadweaver_access_log_dropped",
-            "Access log lines not written because the writer fell too far behind.",
+            "Access log lines not written: the writer fell too far behind, or the sink or the "
+            "line's formatting failed.",
             registry=self.registry,
         )
         self.cluster_nodes = Gauge(

@@ -14,7 +14,8 @@ from prometheus_client.registry import Collector
 
 RowKey = tuple[str, str, str, str]  # listener, route, pool, backend ("" where there is none)
 STATUS_CLASSES = 10  # llhttp accepts any three-digit status, 100 to 999
-MAX_ROWS = 20_000  # label sets kept; beyond it new backends are counted as "other"
+MAX_ROWS = 20_000  # label sets kept; beyond it new backends are counted as OVERFLOW
+OVERFLOW = "other"
 
 
 class TallyRow:
@@ -39,7 +40,7 @@ class RequestTally:
         if found is not None:
             return found
         if len(self.rows) >= MAX_ROWS:
-            key = (key[0], key[1], key[2], "other")
+            key = (key[0], key[1], key[2], OVERFLOW)
             found = self.rows.get(key)
             if found is not None:
                 return found

@@ -808,7 +808,8 @@ class Exchange:
         return True
 
     def _upstream_error(self, kind: str, backend: Backend | None = None) -> None:
-        """One of UPSTREAM_ERROR_KINDS, charged to `backend` (default: the current one)."""
+        """`kind`: connect, timeout, reset or protocol; charged to `backend` (default: the
+        current one)."""
         backend = backend or self.backend
         pool = self.pool
         self.client.metrics.upstream_error(
@@ -1007,8 +1008,4 @@ def origin_form(target: bytes) -> bytes:
 
 
 def _path_of(target: bytes) -> str:
-    path = origin_form(target) if not target.startswith(b"/") else target
-    query = path.find(b"?")
-    if query != -1:
-        path = path[:query]
-    return path.decode("latin-1")
+    return origin_form(target).partition(b"?")[0].decode("latin-1")
