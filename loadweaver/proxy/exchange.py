@@ -706,7 +706,7 @@ class Exchange:
                 self._upstream_error("reset")
                 logger.warning("backend {} closed the connection mid-response", self.backend)
                 self._finish(failed=True, fault=True)
-                self._record_cut_short(self.status, "upstream_reset")
+                self._record(self.status, "upstream_reset")
                 self.client.abort()
             return
         if (
@@ -858,7 +858,7 @@ class Exchange:
         self._finish(reply.status >= 500, fault)
         self._drop_upstream()
         if self.response_started:
-            self._record_cut_short(self.status, reply.reason)
+            self._record(self.status, reply.reason)  # cut short
             self.client.abort()  # the status line is gone: cutting the connection is the signal
             return
         client = self.client
@@ -878,7 +878,7 @@ class Exchange:
         self.bytes_out += len(data)
         client.write(data)
         self.status = reply.status
-        client.recorder.record(client, self, reply.status, client.loop.time(), reply.reason)
+        self._record(reply.status, reply.reason)
         client.exchange_done(self, keep_alive)
 
     def reply_id_line(self) -> bytes:
@@ -898,12 +898,15 @@ class Exchange:
         self._finish()
         self._drop_upstream()
         if self.started:  # it was being served, not waiting behind another pipelined request
+            # Cut short: the status the client got the start of, or nginx's 499 if nothing.
             status = self.status if self.response_started else CLIENT_CLOSED
-            self._record_cut_short(status, "client_closed")
+            self._record(status, "client_closed")
 
-    def _record_cut_short(self, status: int, reason: str) -> None:
-        """Counts a request that ended without a whole response, with the status the client
-        got the start of (or 499, nginx's "client closed request", when it got nothing)."""
+    def _record(self, status: int, reason: str = "") -> None:
+        """Counts the request as over and queues it for the access log, which may hold the
+        exchange a while: its request bytes are let go first. (`_complete` does the same
+        inline, on the path every request takes.)"""
+        self.replay = None
         client = self.client
         client.recorder.record(client, self, status, self.ended or client.loop.time(), reason)
 
@@ -939,9 +942,8 @@ class Exchange:
             return
         self._finish()
         self.upstream = None
-        client = self.client
-        client.recorder.record(client, self, 101, self.ended or client.loop.time())
-        client.start_tunnel(connection, first_bytes, self.tunnel_data)
+        self._record(101)
+        self.client.start_tunnel(connection, first_bytes, self.tunnel_data)
 
 
 def _forwarding_block(client_ip: str, tls: bool, host: bytes, received: list[Header]) -> bytes:
