@@ -6,6 +6,7 @@ Field names are part of the promised interface: extend them, never rename them.
 import ipaddress
 import os
 import socket
+from collections.abc import Mapping
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, Field, field_validator, model_validator
@@ -449,11 +450,7 @@ class Config(Strict):
         _check_unique("routes", [route.name for route in self.routes])
         _check_unique("listeners", [listener.bind for listener in self.listeners], what="bind")
         for index, route in enumerate(self.routes):
-            if route.pool not in self.pools:
-                known = ", ".join(sorted(self.pools)) or "none defined"
-                raise ValueError(
-                    f"routes.{index}.pool: pool {route.pool!r} does not exist (pools: {known})"
-                )
+            _check_pool_exists(f"routes.{index}.pool", route.pool, self.pools)
             if route.rate_limit is not None and route.rate_limit not in self.rate_limits:
                 known = ", ".join(sorted(self.rate_limits)) or "none defined"
                 raise ValueError(
@@ -465,16 +462,19 @@ class Config(Strict):
 
     def _check_alert_rules(self) -> None:
         for index, rule in enumerate(self.alerts.rules):
-            if rule.pool is not None and rule.pool not in self.pools:
-                known = ", ".join(sorted(self.pools)) or "none defined"
-                raise ValueError(
-                    f"alerts.rules.{index}.pool: pool {rule.pool!r} does not exist (pools: {known})"
-                )
+            if rule.pool is not None:
+                _check_pool_exists(f"alerts.rules.{index}.pool", rule.pool, self.pools)
             if rule.metric in PER_REQUEST_METRICS and not self.metrics.enabled:
                 raise ValueError(
                     f"alerts.rules.{index}.metric: {rule.metric} reads the per-request metrics; "
                     "set metrics.enabled: true, or drop the rule"
                 )
+
+
+def _check_pool_exists(field: str, pool: str, pools: Mapping[str, Pool]) -> None:
+    if pool not in pools:
+        known = ", ".join(sorted(pools)) or "none defined"
+        raise ValueError(f"{field}: pool {pool!r} does not exist (pools: {known})")
 
 
 def _check_unique(section: str, values: list[str], what: str = "name") -> None:
