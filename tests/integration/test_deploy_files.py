@@ -20,9 +20,9 @@ import aiohttp
 import pytest
 import yaml
 
+from tests.support.apt import INSTALL_TIMEOUT
 from tests.support.nodes import Proxied, admin_port
 from tests.support.prometheus import (
-    INSTALL_TIMEOUT,
     PrometheusServer,
     binaries_missing,
     prometheus_binary,

@@ -15,7 +15,8 @@ import pytest
 
 from loadweaver.node import Node
 from tests.conftest import StartBackend, StartNode
-from tests.support.chromium import INSTALL_TIMEOUT, Page, chromium_binary, open_browser
+from tests.support.apt import INSTALL_TIMEOUT
+from tests.support.chromium import Page, chromium_binary, open_browser
 from tests.support.client import RawClient, get
 from tests.support.nodes import admin_port, listener_port, node_config
 from tests.support.ports import closed_port

@@ -10,7 +10,6 @@ import contextlib
 import itertools
 import json
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -19,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
-INSTALL_TIMEOUT = 240.0
+from tests.support.apt import binary_or_skip
+
 LAUNCH_TIMEOUT = 15.0
 CALL_TIMEOUT = 10.0
 LISTENING = "DevTools listening on "
@@ -29,47 +28,7 @@ LISTENING = "DevTools listening on "
 
 def chromium_binary() -> str:
     """The path of Chromium; installs it first when it is missing, or skips the test."""
-    if found := shutil.which("chromium"):
-        return found
-    problem = install_chromium()
-    found = shutil.which("chromium")
-    if found is None:
-        pytest.skip(f"Chromium is not installed and could not be installed: {problem}")
-    return found
-
-
-def install_chromium() -> str:
-    """Installs the `chromium` package; returns why it failed (or "" when it worked)."""
-    if os.geteuid() != 0:
-        return "installing it needs root and this test runs as an ordinary user"
-    if shutil.which("apt-get") is None:
-        return "this machine has no apt-get"
-    deadline = time.monotonic() + INSTALL_TIMEOUT
-    # A stale package index is the usual reason an install fails, so update once and retry.
-    problem = run_apt(["install", "--no-install-recommends", "chromium"], deadline)
-    if problem:
-        problem = run_apt(["update"], deadline) or run_apt(["install", "chromium"], deadline)
-    return problem
-
-
-def run_apt(arguments: list[str], deadline: float) -> str:
-    """Runs apt-get until `deadline`; returns why it failed (or "" when it worked)."""
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
-        return f"apt-get took longer than {INSTALL_TIMEOUT:.0f} s"
-    # Another apt-get may hold the dpkg lock; waiting for it beats failing at once.
-    command = ["apt-get", "-y", "-q", "-o", f"DPkg::Lock::Timeout={int(remaining)}", *arguments]
-    environment = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    try:
-        done = subprocess.run(
-            command, check=False, env=environment, capture_output=True, text=True, timeout=remaining
-        )
-    except subprocess.TimeoutExpired:
-        return f"apt-get {arguments[0]} took longer than {INSTALL_TIMEOUT:.0f} s"
-    if done.returncode == 0:
-        return ""
-    last_lines = " ".join(done.stderr.strip().splitlines()[-2:])
-    return f"apt-get {arguments[0]} exited with {done.returncode}: {last_lines}"
+    return binary_or_skip("chromium", "chromium")
 
 
 class Page:

@@ -8,9 +8,7 @@ the given targets every second, waits until it is ready and always stops it afte
 
 import asyncio
 import contextlib
-import functools
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -19,13 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 import yaml
 
-from tests.support.chromium import run_apt
+from tests.support.apt import binary_or_skip, which
 from tests.support.ports import free_port
 
-INSTALL_TIMEOUT = 240.0
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 5.0
 REQUEST_TIMEOUT = 5.0
@@ -34,49 +30,17 @@ PACKAGE = "prometheus"  # Debian's package ships both /usr/bin/prometheus and /u
 
 def promtool_binary() -> str:
     """The path of `promtool`; installs it first when it is missing, or skips the test."""
-    return _binary("promtool")
+    return binary_or_skip("promtool", PACKAGE)
 
 
 def prometheus_binary() -> str:
     """The path of the `prometheus` server; installs it first when it is missing, or skips."""
-    return _binary("prometheus")
+    return binary_or_skip("prometheus", PACKAGE)
 
 
 def binaries_missing() -> bool:
     """True when a test will first have to install the package (and needs more time)."""
-    return _which("promtool") is None or _which("prometheus") is None
-
-
-def _which(name: str) -> str | None:
-    # Debian installs to /usr/bin, which a trimmed PATH may leave out.
-    return shutil.which(name) or shutil.which(name, path="/usr/bin:/usr/local/bin")
-
-
-def _binary(name: str) -> str:
-    if found := _which(name):
-        return found
-    problem = install_prometheus()
-    found = _which(name)
-    if found is None:
-        pytest.skip(f"{name} is not installed and could not be installed: {problem}")
-    return found
-
-
-@functools.cache
-def install_prometheus() -> str:
-    """Installs the `prometheus` package once per session; returns why it failed, or ""."""
-    if os.geteuid() != 0:
-        return "installing it needs root and this test runs as an ordinary user"
-    if shutil.which("apt-get") is None:
-        return "this machine has no apt-get"
-    deadline = time.monotonic() + INSTALL_TIMEOUT
-    # A stale package index is the usual reason an install fails, so update once and retry.
-    problem = run_apt(["install", "--no-install-recommends", PACKAGE], deadline)
-    if problem:
-        problem = run_apt(["update"], deadline) or run_apt(
-            ["install", "--no-install-recommends", PACKAGE], deadline
-        )
-    return problem
+    return which("promtool") is None or which("prometheus") is None
 
 
 def scrape_config(
