@@ -12,9 +12,10 @@ from typing import Any
 import trustme
 from loguru import logger
 
-from tests.conftest import StartBackend, StartProxy
+from tests.conftest import StartBackend, StartProxied, StartProxy
 from tests.support.backend import ReceivedRequest
 from tests.support.client import RawClient, get
+from tests.support.nodes import Proxied
 from tests.support.polling import eventually
 from tests.support.ports import closed_port
 
@@ -239,18 +240,26 @@ async def test_turning_the_log_on_by_reload_starts_writing(
     )
 
 
-async def test_a_logging_reload_loses_no_access_line(
-    backend_factory: StartBackend, proxy_factory: StartProxy, tmp_path: Path
-) -> None:
-    backend = await backend_factory()
+async def logged_proxy(proxied_factory: StartProxied, tmp_path: Path) -> tuple[Proxied, Path]:
+    """A node with an access log file and a config file to reload; and the log's path."""
     log = tmp_path / "access.log"
-    proxy = await proxy_factory(
-        [backend.url], config_file=tmp_path / "loadweaver.yaml", logging=access_log(log)
-    )
+    proxy = await proxied_factory(config_file=tmp_path / "loadweaver.yaml", logging=access_log(log))
+    return proxy, log
+
+
+def rewrite_log_level(proxy: Proxied, log: Path, level: str) -> None:
+    """The config file with a new log level: reloading it replaces every log sink."""
+    proxy.config["logging"] = {**access_log(log), "level": level}
+    proxy.rewrite_config()
+
+
+async def test_a_logging_reload_loses_no_access_line(
+    proxied_factory: StartProxied, tmp_path: Path
+) -> None:
+    proxy, log = await logged_proxy(proxied_factory, tmp_path)
     for level in ("error", "warning", "error"):
         await send(proxy.port, *[get("/kept")] * 20)
-        proxy.config["logging"] = {**access_log(log), "level": level}
-        proxy.rewrite_config()
+        rewrite_log_level(proxy, log, level)
         assert await proxy.node.reload()  # replaces every log sink, the access log's too
     await wait_for_lines(log, 60)
     await proxy.node.stop(grace=0)
@@ -258,13 +267,9 @@ async def test_a_logging_reload_loses_no_access_line(
 
 
 async def test_a_logging_reload_waits_for_a_slow_disk_without_stalling_requests(
-    backend_factory: StartBackend, proxy_factory: StartProxy, tmp_path: Path
+    proxied_factory: StartProxied, tmp_path: Path
 ) -> None:
-    backend = await backend_factory()
-    log = tmp_path / "access.log"
-    proxy = await proxy_factory(
-        [backend.url], config_file=tmp_path / "loadweaver.yaml", logging=access_log(log)
-    )
+    proxy, log = await logged_proxy(proxied_factory, tmp_path)
     writer = proxy.node.observing.access_log._writer
     assert writer is not None
     write_to_disk = writer._emit
@@ -277,8 +282,7 @@ async def test_a_logging_reload_waits_for_a_slow_disk_without_stalling_requests(
     await send(proxy.port, *[get("/before")] * 20)
     await asyncio.sleep(0.3)  # the reader hands the chunk over; the writer sits on it
 
-    proxy.config["logging"] = {**access_log(log), "level": "error"}
-    proxy.rewrite_config()
+    rewrite_log_level(proxy, log, "error")
     reload = asyncio.create_task(proxy.node.reload())
     assert await send(proxy.port, get("/during")) == [200]
     assert not reload.done()  # the request was served while the old writer drained

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import StartBackend, StartProxy
+from tests.conftest import StartBackend, StartProxied, StartProxy
 from tests.support.backend import ReceivedRequest, response
 from tests.support.client import RawClient, get
 from tests.support.cluster import MakeCluster, wait_until
@@ -192,15 +192,11 @@ async def test_every_node_tells_that_it_lost_the_store_and_that_it_is_back(
 
 
 async def test_a_rule_moved_to_the_other_scope_resolves_what_it_fired_there(
-    backend_factory: StartBackend,
-    proxy_factory: StartProxy,
-    receiver: WebhookReceiver,
-    tmp_path: Path,
+    proxied_factory: StartProxied, receiver: WebhookReceiver, tmp_path: Path
 ) -> None:
-    backend = await backend_factory()
     rule = {"name": "busy", "metric": "connections_active", "above": -1, "scope": "node"}
-    proxy = await proxy_factory(
-        [backend.url], config_file=tmp_path / "loadweaver.yaml", alerts=alerts(receiver, rule)
+    proxy = await proxied_factory(
+        config_file=tmp_path / "loadweaver.yaml", alerts=alerts(receiver, rule)
     )
     await wait_until(lambda: receiver.statuses() == ["firing"], SETTLE, "no firing alert")
     proxy.config["alerts"] = alerts(receiver, {**rule, "scope": "cluster"})

@@ -18,7 +18,7 @@ from tests.support.admin import AdminClient
 from tests.support.backend import ReceivedRequest, response
 from tests.support.client import RawClient, get
 from tests.support.cluster import wait_until
-from tests.support.nodes import NodeProcess, admin_port, listener_port, node_config
+from tests.support.nodes import NodeProcess, admin_port, node_config
 from tests.support.polling import eventually
 from tests.support.ports import closed_port
 from tests.support.upstream import metric
@@ -201,7 +201,7 @@ async def test_with_workers_one_scrape_has_every_workers_numbers(
     try:
         await node.wait_ready()
         for _ in range(REQUESTS):  # fresh connections: SO_REUSEPORT spreads them over both
-            await requests_on_one_connection(listener_port(config), ["/"])
+            await requests_on_one_connection(node.port, ["/"])
         url = f"http://127.0.0.1:{admin_port(config)}/metrics"
 
         async def counted() -> dict[str, float] | None:

@@ -3,6 +3,9 @@ the backend and back in the response, including the replies the proxy writes its
 
 import asyncio
 import re
+from typing import Any
+
+import pytest
 
 from tests.conftest import StartBackend, StartProxied, StartProxy
 from tests.support.backend import ReceivedRequest, response
@@ -47,8 +50,12 @@ async def test_a_sound_client_id_is_kept_and_a_bad_one_replaced(
     assert replaced.header("X-Request-ID") == made
 
 
-async def test_the_backends_own_id_reaches_the_client(proxied_factory: StartProxied) -> None:
-    proxied = await proxied_factory(echo_own_id)
+@pytest.mark.parametrize("request_id", [{}, {"response": False}], ids=["echo", "no-echo"])
+async def test_the_backends_own_id_reaches_the_client(
+    proxied_factory: StartProxied, request_id: dict[str, Any]
+) -> None:
+    # Without echo too: the id is the backend's own header, not the proxy's.
+    proxied = await proxied_factory(echo_own_id, request_id=request_id)
     answer = await fetch(proxied.port, "/")
     assert answer.headers_named("X-Request-ID") == ["backend-made-1"]
 
@@ -101,12 +108,3 @@ async def test_turned_off_the_clients_header_passes_untouched(
     assert backend.requests[1].header("X-Request-ID") is None
     assert answer.header("X-Request-ID") is None
     assert second.header("X-Request-ID") is None
-
-
-async def test_without_echo_a_backends_own_id_still_reaches_the_client(
-    backend_factory: StartBackend, proxy_factory: StartProxy
-) -> None:
-    backend = await backend_factory(echo_own_id)
-    proxy = await proxy_factory([backend.url], request_id={"response": False})
-    answer = await fetch(proxy.port, "/")
-    assert answer.headers_named("X-Request-ID") == ["backend-made-1"]
