@@ -166,9 +166,6 @@ def unexposed(name: str, families: dict[str, str]) -> str | None:
         family = name.removesuffix(suffix)
         if family != name and families.get(family) in ("histogram", "summary"):
             return None
-    family = name.removesuffix("_total")
-    if family != name and families.get(family) == "counter":
-        return None
     return f"{name} is not exposed by the node"
 
 

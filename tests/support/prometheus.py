@@ -69,21 +69,12 @@ class PrometheusServer:
         self.log = log
         self._session = session
 
-    async def api(self, path: str, **form: str | list[str]) -> dict[str, Any]:
-        """The JSON answer of `/api/v1/{path}` (POSTed form): `status` is "success" or "error"
-        (with `errorType` and `error`), whatever the HTTP status."""
-        data = [
-            (name, item)
-            for name, value in form.items()
-            for item in ([value] if isinstance(value, str) else value)
-        ]
-        async with self._session.post(f"{self.url}/api/v1/{path}", data=data) as response:
+    async def query(self, expr: str) -> dict[str, Any]:
+        """An instant query evaluated now: `status` is "success" or "error" (with `errorType`
+        and `error`), whatever the HTTP status."""
+        async with self._session.post(f"{self.url}/api/v1/query", data={"query": expr}) as response:
             answer: dict[str, Any] = await response.json(content_type=None)
             return answer
-
-    async def query(self, expr: str) -> dict[str, Any]:
-        """An instant query evaluated now."""
-        return await self.api("query", query=expr)
 
     async def label_values(self, label: str, match: str = "") -> dict[str, Any]:
         """The values of `label` on the series `match` selects (on every series without it)."""

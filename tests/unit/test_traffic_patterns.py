@@ -27,14 +27,10 @@ def finished(client_ip: str, path: bytes, status: int = 200) -> Finished:
     return cast(Finished, (client, exchange, status, 0.0, "", 0))
 
 
-def feed(patterns: TrafficPatterns, entries: list[Finished]) -> None:
-    patterns.add(entries)
-
-
 def test_every_request_is_counted_below_the_sampling_rate() -> None:
     clock = Clock()
     patterns = TrafficPatterns(TrafficPatternsConfig(), clock)
-    feed(patterns, [finished("10.0.0.1", b"/a?x=1")] * 30 + [finished("10.0.0.2", b"/b", 503)] * 5)
+    patterns.add([finished("10.0.0.1", b"/a?x=1")] * 30 + [finished("10.0.0.2", b"/b", 503)] * 5)
     document = view(patterns.summaries(), patterns.covered_seconds(), top=5)
     assert document["requests"] == 35
     assert [entry["key"] for entry in document["paths"]["top"]] == ["/a", "/b"]
@@ -73,8 +69,8 @@ async def test_under_load_every_kth_request_is_queued_and_counts_k_times() -> No
 def test_records_from_nodes_merge_and_a_malformed_one_is_skipped() -> None:
     clock = Clock()
     one, two = (TrafficPatterns(TrafficPatternsConfig(), clock) for _ in range(2))
-    feed(one, [finished("10.0.0.1", b"/")] * 10)
-    feed(two, [finished("10.0.0.1", b"/")] * 5 + [finished("10.0.0.9", b"/x")] * 7)
+    one.add([finished("10.0.0.1", b"/")] * 10)
+    two.add([finished("10.0.0.1", b"/")] * 5 + [finished("10.0.0.9", b"/x")] * 7)
     broken: dict[str, Any] = {"window": 60, "step": 1, "clients": {"top": "nope"}}
     merged, window, step = merge_records([one.to_record(), two.to_record(), broken], 256)
     assert dict(merged["clients"].top(5)) == {"10.0.0.1": 15, "10.0.0.9": 7}
