@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Side-by-side HTTP/1.1 proxy benchmark: HAProxy vs nginx vs loadweaver.
 #
-# Starts two nginx backends (1 worker each) and three proxies in front of them
-# (HAProxy nbthread 1, nginx worker_processes 1, loadweaver), all on free loopback
+# Starts two nginx backends (1 worker each) and the proxies in front of them (HAProxy
+# nbthread 1, nginx worker_processes 1, loadweaver and any loadweaver variants named in
+# $PROXIES: -bare, -nometrics, -accesslog), all on free loopback
 # ports, pins the proxy under test to one CPU and wrk + backends to another, runs wrk
 # against each proxy in turn and prints one table (also written as markdown to $OUT).
 # Then measures each proxy's RSS while it holds $IDLE_CONNS idle keep-alive connections.
@@ -305,6 +306,7 @@ for (( i = 0; i < ${#PROXY_LIST[@]}; i++ )); do
 done
 declare -A PID=()
 declare -A LOGF=()
+VARIANT_ENV=()  # set by variant_settings for the loadweaver being started
 
 log "work dir $WORK; open-file limit $NOFILE; pinning: $PINNING"
 
@@ -353,9 +355,8 @@ start_proxy() {
             "PORT=${PORT[$name]}" "ADMIN_PORT=${ADMIN_PORT[$name]}" \
             "BACKEND_A=$BACKEND_A" "BACKEND_B=$BACKEND_B"
         LOGF[$name]="$dir/loadweaver.log"
-        local -a variant=()
-        read -r -a variant <<<"$(variant_settings "$name" "$dir")"
-        start_bg "${LOGF[$name]}" env "${variant[@]}" "${PIN_PROXY[@]}" \
+        variant_settings "$name" "$dir"
+        start_bg "${LOGF[$name]}" env "${VARIANT_ENV[@]}" "${PIN_PROXY[@]}" \
             "$LW_BIN" node start --config "$dir/loadweaver.yaml"
         timeout_s="$LW_START_TIMEOUT"
         ;;
@@ -364,15 +365,16 @@ start_proxy() {
     wait_http "$name" "${PID[$name]}" "http://127.0.0.1:${PORT[$name]}$URL_PATH" "$timeout_s" "${LOGF[$name]}"
 }
 
-# variant_settings NAME DIR : the LOADWEAVER_* variables a loadweaver variant runs with
+# variant_settings NAME DIR : sets VARIANT_ENV to the LOADWEAVER_* variables a loadweaver
+# variant runs with (none for plain loadweaver)
 variant_settings() {
-    local off="LOADWEAVER_METRICS__ENABLED=false LOADWEAVER_REQUEST_ID__ENABLED=false"
+    VARIANT_ENV=()
     case "$1" in
-    loadweaver-bare) echo "$off LOADWEAVER_TRAFFIC_PATTERNS__ENABLED=false" ;;
-    loadweaver-nometrics) echo "LOADWEAVER_METRICS__ENABLED=false" ;;
-    loadweaver-accesslog)
-        echo "LOADWEAVER_LOGGING__ACCESS_LOG__ENABLED=true LOADWEAVER_LOGGING__ACCESS_LOG__PATH=$2/access.log" ;;
-    *) echo "LOADWEAVER_BENCH_VARIANT=default" ;;
+    loadweaver-bare) VARIANT_ENV=(LOADWEAVER_METRICS__ENABLED=false
+        LOADWEAVER_REQUEST_ID__ENABLED=false LOADWEAVER_TRAFFIC_PATTERNS__ENABLED=false) ;;
+    loadweaver-nometrics) VARIANT_ENV=(LOADWEAVER_METRICS__ENABLED=false) ;;
+    loadweaver-accesslog) VARIANT_ENV=(LOADWEAVER_LOGGING__ACCESS_LOG__ENABLED=true
+        "LOADWEAVER_LOGGING__ACCESS_LOG__PATH=$2/access.log") ;;
     esac
 }
 

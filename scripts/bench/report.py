@@ -2,7 +2,8 @@
 """Summarise scripts/benchmark.sh results into a text table and a markdown file.
 
 Usage: report.py --results results.jsonl [--idle idle.jsonl] [--meta KEY=VALUE ...]
-                 [--baseline haproxy] [--order haproxy,nginx,loadweaver] --out FILE.md
+                 [--baseline haproxy] [--second-baseline loadweaver]
+                 [--order haproxy,nginx,loadweaver] --out FILE.md
 
 results.jsonl: one JSON object per wrk run (from parse_wrk.py) with "proxy" and "round".
 idle.jsonl:    one JSON object per idle_rss.py run with "proxy".
@@ -122,9 +123,9 @@ def throughput_table(
         "load CPU",
         "errors",
     ]
-    variants = [p for p in proxies if second and p.startswith(second) and p != second]
-    compare = bool(variants) and second in summary
-    if compare:
+    reference: dict[str, Any] | None = None  # `second`'s row, when variants of it ran
+    if second in summary and any(p.startswith(second) and p != second for p in proxies):
+        reference = summary[second]
         headers[6:6] = [f"req/s vs {second}", f"p99 vs {second}"]
     if multi:
         headers.insert(2, "req/s min-max")
@@ -142,9 +143,8 @@ def throughput_table(
             _pct(s["load_cpu"]),
             _errors_cell(s["errors"]),
         ]
-        if compare:
-            mine = second is not None and p.startswith(second)
-            reference = summary[second] if compare and second else {}
+        if reference is not None:
+            mine = p.startswith(str(second))
             row[6:6] = [
                 _ratio(s["rps"], reference.get("rps")) if mine else "",
                 _ratio(s["p99"], reference.get("p99")) if mine else "",
@@ -237,7 +237,9 @@ def main(argv: list[str] | None = None) -> int:
         '"proxy CPU" is the CPU time of the proxy\'s process tree per wall second '
         '(100% = one core); "load CPU" is how busy the CPU running wrk and the '
         "backends was. A load CPU near 100% with proxy CPU well below 100% means the "
-        "load side, not the proxy, was the limit for that row."
+        "load side, not the proxy, was the limit for that row. With --second-baseline, "
+        'the "vs" columns of that name compare each of its variants (names starting with '
+        "it) with it."
     )
     if idle_md:
         lines += [
